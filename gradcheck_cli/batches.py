@@ -1,0 +1,264 @@
+"""Batches: provided (a .pt/.pth/.npz/.npy file, or a callable) or synthetic (from --input-shape)."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+
+from gradcheck_cli.batches_shape import parse_shape  # noqa: F401  (re-exported)
+from gradcheck_cli.errors import InputError, UserCodeError
+
+DEFAULT_BATCH = 8
+DEFAULT_SEQ = 32
+
+
+@dataclass
+class Batch:
+    args: tuple
+    kwargs: dict
+    target: Any = None
+    token_input: bool = False
+
+    def tensors(self) -> Iterator[torch.Tensor]:
+        yield from _tensors(self.args)
+        yield from _tensors(self.kwargs)
+
+    def describe_shapes(self) -> str:
+        parts = [f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in self.tensors()]
+        return "inputs " + ", ".join(parts) if parts else "no tensor inputs"
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)
+
+
+def _to(obj: Any, device: torch.device, float_dtype: torch.dtype | None) -> Any:
+    if isinstance(obj, torch.Tensor):
+        if float_dtype is not None and obj.is_floating_point() and obj.dtype != float_dtype:
+            obj = obj.to(float_dtype)
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(o, device, float_dtype) for o in obj)
+    if isinstance(obj, list):
+        return [_to(o, device, float_dtype) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _to(v, device, float_dtype) for k, v in obj.items()}
+    return obj
+
+
+def _from_numpy(obj: Any) -> Any:
+    try:
+        import numpy as np
+    except ImportError:   # pragma: no cover - numpy ships with most torch installs
+        return obj
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_from_numpy(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _from_numpy(v) for k, v in obj.items()}
+    return obj
+
+
+def to_batch(obj: Any, where: str) -> Batch:
+    """A tensor (inputs only), a (inputs, targets) pair, or a dict of keyword arguments."""
+    obj = _from_numpy(obj)
+    if isinstance(obj, torch.Tensor):
+        return Batch(args=(obj,), kwargs={}, token_input=not obj.is_floating_point())
+    if isinstance(obj, (tuple, list)):
+        if len(obj) == 2:
+            inputs, target = obj
+            args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+            first = next(_tensors(args), None)
+            if first is None:
+                raise InputError(f"{where}: the inputs of the (inputs, targets) pair hold no tensor")
+            return Batch(args=args, kwargs={}, target=target, token_input=not first.is_floating_point())
+        if len(obj) == 1:
+            return to_batch(obj[0], where)
+        raise InputError(f"{where}: a batch list/tuple must be (inputs, targets); got {len(obj)} items",
+                         hint="return a tensor, an (inputs, targets) pair, or a dict of keyword arguments")
+    if isinstance(obj, dict) or (hasattr(obj, "keys") and hasattr(obj, "__getitem__")):
+        kwargs = {str(k): obj[k] for k in obj.keys()}
+        if not any(True for _ in _tensors(kwargs)):
+            raise InputError(f"{where}: the batch dict holds no tensor")
+        ids = kwargs.get("input_ids")
+        return Batch(args=(), kwargs=kwargs,
+                     token_input=isinstance(ids, torch.Tensor) and not ids.is_floating_point())
+    raise InputError(f"{where}: a batch must be a tensor, an (inputs, targets) pair or a dict; "
+                     f"got {type(obj).__name__}")
+
+
+def model_float_dtype(model: nn.Module) -> torch.dtype | None:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None
+
+
+class FixedBatches:
+    """One batch, used for every step."""
+
+    def __init__(self, batch: Batch, description: str, float_dtype: torch.dtype | None) -> None:
+        self.batch = batch
+        self.description = description
+        self.float_dtype = float_dtype
+
+    def get(self, step: int, device: torch.device) -> Batch:
+        b = self.batch
+        return Batch(args=_to(b.args, device, self.float_dtype), kwargs=_to(b.kwargs, device, self.float_dtype),
+                     target=_to(b.target, device, None), token_input=b.token_input)
+
+
+class CallableBatches:
+    """A user callable called once per step (or an iterator/iterable drawn from once per step)."""
+
+    def __init__(self, obj: Any, spec: str, float_dtype: torch.dtype | None) -> None:
+        self.spec = spec
+        self.description = f"from {spec}"
+        self.float_dtype = float_dtype
+        self.obj = obj
+        self._iter: Iterator | None = None
+        if not callable(obj) and hasattr(obj, "__iter__"):
+            self._iter = iter(obj)
+
+    def get(self, step: int, device: torch.device) -> Batch:
+        try:
+            if self._iter is not None:
+                raw = next(self._iter)
+            else:
+                raw = self.obj()
+                if inspect.isgenerator(raw) or (hasattr(raw, "__next__") and not isinstance(raw, torch.Tensor)):
+                    self._iter = raw
+                    raw = next(self._iter)
+        except StopIteration:
+            raise InputError(f"batch source {self.spec} ran out of batches at step {step + 1}",
+                             hint="provide at least --steps batches, or lower --steps") from None
+        except (InputError, UserCodeError):
+            raise
+        except Exception as exc:
+            raise UserCodeError(f"{type(exc).__name__}: {exc}", phase="batch", where=self.spec,
+                                original=exc) from exc
+        b = to_batch(raw, self.spec)
+        return Batch(args=_to(b.args, device, self.float_dtype), kwargs=_to(b.kwargs, device, self.float_dtype),
+                     target=_to(b.target, device, None), token_input=b.token_input)
+
+
+@dataclass
+class SyntheticBatches:
+    """Different seeded batches per step: float N(0,1) inputs, or token ids for embedding-first models."""
+
+    shape: tuple[int, ...]
+    seed: int
+    float_dtype: torch.dtype | None
+    vocab: int | None = None
+    description: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        dims = "x".join(str(d) for d in self.shape)
+        self.description = (f"synthetic token ids {dims} in [0, {self.vocab})" if self.vocab
+                            else f"synthetic N(0,1) {dims}")
+
+    def get(self, step: int, device: torch.device) -> Batch:
+        g = torch.Generator().manual_seed(self.seed * 7919 + step)
+        if self.vocab:
+            x = torch.randint(0, self.vocab, self.shape, generator=g)
+            return Batch(args=(x.to(device),), kwargs={}, token_input=True)
+        x = torch.randn(self.shape, generator=g, dtype=self.float_dtype or torch.float32)
+        return Batch(args=(x.to(device),), kwargs={})
+
+
+def first_layer(model: nn.Module) -> nn.Module | None:
+    for _, mod in model.named_modules():
+        if any(True for _ in mod.parameters(recurse=False)) and mod is not model:
+            return mod
+    return None
+
+
+def infer_input_shape(model: nn.Module) -> tuple[int, ...]:
+    """A plausible input shape from the first layer; InputError when there is no safe guess."""
+    m = first_layer(model)
+    b = DEFAULT_BATCH
+    if isinstance(m, nn.Embedding):
+        return (b, DEFAULT_SEQ)
+    if isinstance(m, nn.Linear):
+        return (b, m.in_features)
+    if isinstance(m, nn.Conv1d):
+        return (b, m.in_channels, 64)
+    if isinstance(m, nn.Conv2d):
+        return (b, m.in_channels, 32, 32)
+    if isinstance(m, nn.Conv3d):
+        return (b, m.in_channels, 16, 16, 16)
+    if isinstance(m, (nn.RNN, nn.LSTM, nn.GRU)):
+        return (b, DEFAULT_SEQ, m.input_size) if m.batch_first else (DEFAULT_SEQ, b, m.input_size)
+    what = type(m).__name__ if m is not None else "no layer with parameters"
+    raise InputError(f"cannot infer an input shape from the model's first layer ({what})",
+                     hint="pass --input-shape, e.g. --input-shape 8,3,32,32, or --batch FILE")
+
+
+def load_batch_file(path: Path) -> Batch:
+    if not path.exists():
+        raise InputError(f"batch file not found: {path}", hint="check the --batch path")
+    suffix = path.suffix.lower()
+    where = str(path)
+    if suffix in (".pt", ".pth"):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle refused, corrupt, truncated
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"cannot read batch file {path}: {first[:300]}",
+                             hint="save plain tensors/tuples/dicts with torch.save; objects needing "
+                                  "code to unpickle are refused (weights_only=True)") from None
+        return to_batch(obj, where)
+    if suffix in (".npz", ".npy"):
+        try:
+            import numpy as np
+        except ImportError:
+            raise InputError(f"reading {suffix} batch files needs numpy", hint="pip install numpy") from None
+        try:
+            data = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise InputError(f"cannot read batch file {path}: {exc}",
+                             hint="object arrays are refused (allow_pickle=False)") from None
+        if suffix == ".npy":
+            return to_batch(data, where)
+        with data:
+            arrays = {k: data[k] for k in data.files}
+        for a, b in (("inputs", "targets"), ("x", "y"), ("input", "target")):
+            if set(arrays) == {a, b}:
+                return to_batch((arrays[a], arrays[b]), where)
+        if set(arrays) in ({"inputs"}, {"x"}, {"input"}):
+            return to_batch(next(iter(arrays.values())), where)
+        return to_batch(arrays, where)
+    raise InputError(f"unsupported batch file type {suffix!r}: {path}",
+                     hint="use .pt/.pth, .npz, .npy, or a file.py:NAME callable")
+
+
+def make_batch_source(spec: str | None, input_shape: tuple[int, ...] | None, model: nn.Module, seed: int):
+    from gradcheck_cli import loading
+
+    float_dtype = model_float_dtype(model)
+    if spec:
+        path = Path(spec)
+        if path.suffix.lower() in (".pt", ".pth", ".npz", ".npy"):
+            batch = load_batch_file(path)
+            return FixedBatches(batch, f"{path} ({batch.describe_shapes()})", float_dtype)
+        obj = loading.load_object(spec, what="batch")
+        if isinstance(obj, (torch.Tensor, tuple, list, dict)):
+            return FixedBatches(to_batch(obj, spec), f"from {spec}", float_dtype)
+        return CallableBatches(obj, spec, float_dtype)
+    shape = input_shape or infer_input_shape(model)
+    first = first_layer(model)
+    vocab = first.num_embeddings if isinstance(first, nn.Embedding) else None
+    return SyntheticBatches(shape=shape, seed=seed, float_dtype=float_dtype, vocab=vocab)

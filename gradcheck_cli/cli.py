@@ -1,0 +1,217 @@
+"""Command line (Typer only): parse options, call the pipeline, pick a renderer, map to an exit code.
+
+`--help`, `--version`, `rules` and `explain` never import torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from typing_extensions import Annotated
+
+from gradcheck_cli import __version__
+from gradcheck_cli.errors import EXIT_USAGE, GradcheckError, InputError
+from gradcheck_cli.findings import FailOn
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 no finding at or above --fail-on; 1 findings at or above --fail-on; "
+    "2 usage, configuration or input error; 3 the model's own code raised (import, build, forward, loss); "
+    "4 internal error in gradcheck."
+)
+EXIT_INTERNAL = 4
+
+app = typer.Typer(
+    name="gradcheck",
+    help="Gradient-health checker for PyTorch models: runs a few forward/backward passes, measures every "
+         "layer and reports vanishing/exploding gradients, NaN/Inf, saturated and dead units, unused "
+         "parameters.\n\n" + EXIT_CODES_HELP,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gradcheck {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    pass
+
+
+def _fail(exc: GradcheckError, verbose: bool) -> None:
+    if verbose and exc.__cause__ is not None:
+        import traceback
+
+        err.print("".join(traceback.format_exception(type(exc.__cause__), exc.__cause__,
+                                                     exc.__cause__.__traceback__)), markup=False)
+    err.print(f"error: {exc.one_line()}", markup=False)
+    raise typer.Exit(exc.exit_code)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def check(
+    model: Annotated[str, typer.Argument(help="The model: path/to/file.py:NAME or package.module:NAME (an "
+                                              "nn.Module subclass, a zero-argument factory, or an instance).")],
+    batch: Annotated[Optional[str], typer.Option(
+        help="Batch: a .pt/.pth (loaded with weights_only=True), .npz or .npy file, or a file.py:NAME callable "
+             "returning a tensor, an (inputs, targets) pair, or a dict of keyword arguments.")] = None,
+    loss: Annotated[Optional[str], typer.Option(
+        help="cross-entropy, mse, bce-with-logits, or file.py:NAME (output, target) -> scalar. Default: the "
+             "output's own .loss, else cross-entropy for class targets, else MSE.")] = None,
+    input_shape: Annotated[Optional[str], typer.Option(
+        "--input-shape", help="Synthetic input shape, batch first, e.g. 8,3,32,32 (inferred from the first "
+                              "layer when omitted).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Forward/backward passes to aggregate [default: 3].")] = None,
+    format: Annotated[Optional[OutputFormat], typer.Option(
+        "--format", "-f", help="Report format [default: text].")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Write the report here (atomically); the text report still goes to the terminal.")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        help="YAML config file [default: ./gradcheck.yaml when present].")] = None,
+    fail_on: Annotated[Optional[FailOn], typer.Option(
+        "--fail-on", help="Lowest severity that makes the exit code 1 [default: warning].")] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0, help="Seed for synthetic batches and dropout [default: 0].")] = None,
+    device: Annotated[Optional[Device], typer.Option(help="Where to run the passes [default: auto].")] = None,
+    max_rows: Annotated[Optional[int], typer.Option(
+        "--max-rows", min=0, help="Layer-table rows in the text report (0 = all) [default: 40].")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")] = False,
+) -> None:
+    """Run a few instrumented forward/backward passes on MODEL and report gradient problems."""
+    from gradcheck_cli import config as cfg
+    from gradcheck_cli.batches_shape import parse_shape
+
+    try:
+        shape = parse_shape(input_shape) if input_shape is not None else None
+        settings = cfg.resolve({
+            "model": model, "batch": batch, "loss": loss, "input_shape": shape, "steps": steps,
+            "format": format.value if format else None, "output": str(output) if output else None,
+            "fail_on": fail_on, "seed": seed, "device": device.value if device else None, "max_rows": max_rows,
+        }, config)
+        from gradcheck_cli.pipeline import run_check
+
+        report = run_check(settings)
+        _emit(report, settings)
+    except GradcheckError as exc:
+        _fail(exc, verbose)
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        err.print("error: interrupted")
+        raise typer.Exit(130)
+    except Exception as exc:   # a bug in gradcheck itself: say so, keep the traceback behind --verbose
+        if verbose:
+            raise
+        err.print(f"error: internal error in gradcheck: {type(exc).__name__}: {exc} "
+                  "(re-run with --verbose and report it)", markup=False)
+        raise typer.Exit(EXIT_INTERNAL)
+    raise typer.Exit(report.exit_code)
+
+
+def _emit(report, settings) -> None:
+    from gradcheck_cli import report as renderers
+
+    if settings.output:
+        path = Path(settings.output)
+        if not path.parent.exists():
+            raise InputError(f"cannot write {path}: directory {path.parent} does not exist",
+                             hint="create it first or choose another --output")
+        try:
+            renderers.write_file(report, settings.format, path, max_rows=settings.max_rows)
+        except OSError as exc:
+            raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        renderers.render(report, "text", sys.stdout, max_rows=settings.max_rows)
+    else:
+        renderers.render(report, settings.format, sys.stdout, max_rows=settings.max_rows)
+
+
+@app.command("rules")
+def list_rules() -> None:
+    """List every rule: id, code, default severity and a one-line summary."""
+    from rich.table import Table
+
+    from gradcheck_cli.rules import RULES
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("code", no_wrap=True)
+    table.add_column("id", no_wrap=True)
+    table.add_column("severity", no_wrap=True)
+    table.add_column("summary")
+    for r in RULES:
+        table.add_row(r.code, r.id, r.severity.value, r.summary)
+    Console(highlight=False).print(table)
+
+
+@app.command()
+def explain(rule: Annotated[str, typer.Argument(help="Rule id (e.g. vanishing-gradients) or code (GC101).")]) -> None:
+    """Show a rule's full documentation: what it does, why it matters, example, fixes, options."""
+    from rich.text import Text
+
+    from gradcheck_cli.rules import RULES, get_rule
+
+    r = get_rule(rule)
+    if r is None:
+        import difflib
+
+        ids = [x.id for x in RULES]
+        close = difflib.get_close_matches(rule, ids, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"known rules: {', '.join(ids)}"
+        err.print(f"error: unknown rule {rule!r} ({hint})", markup=False)
+        raise typer.Exit(EXIT_USAGE)
+    out = Console(highlight=False)
+    out.print(Text(f"{r.code} {r.id}", style="bold"), Text(f"(default severity: {r.severity.value})"))
+    out.print(Text(r.summary))
+    for title, body in r.sections().items():
+        out.print()
+        out.print(Text(title, style="bold underline"))
+        out.print(Text(_unwrap(body)))
+    if r.options:
+        out.print()
+        out.print(Text("Options (config: rules: {%s: {option: value}})" % r.id, style="bold underline"))
+        for o in r.options:
+            out.print(Text(f"  {o.name} = {o.default!r}: {o.help}"))
+
+
+def _unwrap(body: str) -> str:
+    """Re-flow the docstring's indented paragraphs so Rich can wrap them to the terminal."""
+    paras, cur = [], []
+    for line in body.splitlines():
+        if line.strip():
+            cur.append(line.strip())
+        elif cur:
+            paras.append(" ".join(cur))
+            cur = []
+    if cur:
+        paras.append(" ".join(cur))
+    return "\n\n".join(paras)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

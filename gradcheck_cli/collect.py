@@ -1,0 +1,815 @@
+"""Instrumented forward/backward passes, reduced to per-layer statistics (stats.RunStats).
+
+Design (see README "Architecture"):
+- `instrument(model)` is a context manager: it registers forward hooks (and, for recurrent layers, forward
+  pre-hooks) on every module that owns parameters or is an activation, snapshots what a run can change
+  (training flags, buffers such as BatchNorm running stats, the global RNG state, the device), and in
+  `finally` removes every handle and restores all of it. Gradients are taken with `torch.autograd.grad`,
+  so the user's `.grad` fields are never written.
+- Every statistic is a small tensor computed on the tensor's own device when the hook fires; the
+  activation or gradient itself is not kept. A step's statistics are concatenated and moved to the host
+  in one transfer at the end of the pass; per-unit masks and per-time-step profiles stay on the device
+  until the end of the run and come back in one more transfer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import sys
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from gradcheck_cli import stats as S
+from gradcheck_cli.errors import InputError, UserCodeError
+
+# ----------------------------------------------------------------------------------------------------------
+# What counts as an activation
+# ----------------------------------------------------------------------------------------------------------
+
+_RELU_TYPES = (nn.ReLU, nn.ReLU6)
+_OTHER_ACT_TYPES = (
+    nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Softplus,
+    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.GLU,
+    nn.Softmax, nn.LogSoftmax,
+)
+_ACT_NAME_HINTS = ("Activation", "GELU", "SiLU", "Swish", "Mish", "QuickGELU")
+
+_FUNCTIONAL: dict[Any, str] = {
+    torch.sigmoid: S.SIGMOID, torch.Tensor.sigmoid: S.SIGMOID, F.sigmoid: S.SIGMOID,
+    torch.tanh: S.TANH, torch.Tensor.tanh: S.TANH, F.tanh: S.TANH,
+    torch.relu: S.RELU, torch.Tensor.relu: S.RELU, F.relu: S.RELU, F.relu6: S.RELU,
+    torch.relu_: S.RELU, torch.Tensor.relu_: S.RELU, F.relu_: S.RELU,
+}
+_FUNC_NAMES = {S.SIGMOID: "sigmoid", S.TANH: "tanh", S.RELU: "relu"}
+
+# Operations that turn finite inputs into NaN/Inf (log(0), x/0, exp overflow, sqrt'(0) = inf, ...).
+# Their outputs (forward) and output gradients (backward) are checked so a NaN is traced to its line.
+_RISKY: dict[Any, str] = {}
+for _name in ("log", "log2", "log10", "log1p", "exp", "expm1", "sqrt", "rsqrt", "reciprocal", "pow", "div",
+              "true_divide", "acos", "asin", "atanh", "acosh", "logit"):
+    for _owner in (torch, torch.Tensor):
+        _fn = getattr(_owner, _name, None)
+        if _fn is not None:
+            _RISKY[_fn] = _name
+for _dunder, _name in (("__truediv__", "div"), ("__rtruediv__", "div"), ("__pow__", "pow"),
+                       ("__rpow__", "pow")):
+    _RISKY[getattr(torch.Tensor, _dunder)] = _name
+
+# Saturation: the local derivative is below 1% of its maximum.
+#   sigmoid: s(1-s) < 0.0025  <=>  |s - 0.5| > 0.4975   (|pre-activation| > ~6.0)
+#   tanh:    1 - t^2 < 0.01   <=>  |t| > 0.99499        (|pre-activation| > ~3.0)
+SIGMOID_SAT = 0.497494
+TANH_SAT = 0.994987
+
+_RECURRENT_TYPES = (nn.RNN, nn.LSTM, nn.GRU)
+_CHANNEL_FIRST_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                        nn.ConvTranspose3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+                        nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm)
+_PROFILE_POINTS = 64
+
+
+def activation_kind(module: nn.Module) -> str | None:
+    if isinstance(module, nn.Sigmoid):
+        return S.SIGMOID
+    if isinstance(module, nn.Tanh):
+        return S.TANH
+    if isinstance(module, _RELU_TYPES):
+        return S.RELU
+    if isinstance(module, _OTHER_ACT_TYPES):
+        return S.OTHER_ACT
+    name = type(module).__name__
+    if not any(True for _ in module.children()) and any(h in name for h in _ACT_NAME_HINTS):
+        return S.OTHER_ACT
+    return None
+
+
+def _first_tensor(obj: Any) -> torch.Tensor | None:
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, dict):   # includes Hugging Face ModelOutput
+        if isinstance(obj.get("logits"), torch.Tensor):
+            return obj["logits"]
+        for key, item in obj.items():
+            if key != "loss" and isinstance(item, torch.Tensor):
+                return item
+        return None
+    if isinstance(obj, (tuple, list)):
+        for item in obj:
+            t = _first_tensor(item)
+            if t is not None:
+                return t
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-step recorder: small device tensors, one host transfer per pass
+# ----------------------------------------------------------------------------------------------------------
+
+class _Recorder:
+    """Small statistics tensors of one pass; `flush` brings them to the host in one transfer.
+
+    slot: a layer index, ("op", i) for a watched op call site, or None for run-level values.
+    seq: order of the event within the pass (forward or backward), used to find where NaN/Inf start.
+    """
+
+    def __init__(self) -> None:
+        self.values: list[torch.Tensor] = []
+        self.keys: list[tuple[Any, str, int, int]] = []   # (slot, field, length, seq)
+
+    def add(self, slot: Any, name: str, value: torch.Tensor, seq: int = 0) -> None:
+        v = value.detach().reshape(-1).to(torch.float32)
+        self.values.append(v)
+        self.keys.append((slot, name, v.numel(), seq))
+
+    def flush(self) -> list[tuple[Any, str, list[float], int]]:
+        if not self.values:
+            return []
+        devices = {v.device for v in self.values}
+        if len(devices) > 1:
+            vals = [v.cpu() for v in self.values]
+        else:
+            vals = self.values
+        flat = torch.cat(vals).cpu().tolist()   # the one host transfer of this pass
+        out, pos = [], 0
+        for slot, name, n, seq in self.keys:
+            out.append((slot, name, flat[pos:pos + n], seq))
+            pos += n
+        self.values, self.keys = [], []
+        return out
+
+
+def _norm(t: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(t, dtype=torch.float32)
+
+
+def _nonfinite(t: torch.Tensor) -> torch.Tensor:
+    return torch.isfinite(t).logical_not_().sum(dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Instrumentation
+# ----------------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Layer:
+    slot: int
+    name: str
+    module: nn.Module | None
+    stats: S.LayerStats
+    kind: str | None
+    owned: list[int] = field(default_factory=list)      # indexes into the trainable-parameter list
+    first_call: int | None = None
+    unit_dim_last: bool = True
+    alive: torch.Tensor | None = None
+    alive_bad: bool = False
+    sat_total: int = 0
+    time_sq: torch.Tensor | None = None
+    time_dim: int = 0
+    # per-step accumulators
+    step_calls: int = 0
+    out_sq: float = 0.0
+    grad_sq: float = 0.0
+    grad_seen: bool = False
+    out_seen: bool = False
+    # over the run
+    out_norms: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    pgrad_norms: list[float] = field(default_factory=list)
+    calls_total: int = 0
+    sat_count: float = 0.0
+
+
+class Instrumentation:
+    """Hooks on one model; use through `instrument(model)`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.rec = _Recorder()
+        self.handles: list[Any] = []
+        self.tensor_handles: list[Any] = []   # hooks on tensors of the current pass; removed after it
+        self.layers: list[_Layer] = []
+        self.by_module: dict[int, _Layer] = {}
+        self.functional: dict[tuple, _Layer] = {}
+        self.module_names: dict[int, str] = {}
+        self.activation_modules: set[int] = set()
+        self.extra_inputs: list[torch.Tensor] = []
+        self._call_counter = itertools.count()    # first-call order over the run (depth order)
+        self._fwd_seq = itertools.count()         # event order within a pass
+        self._bwd_counter = itertools.count()
+        self.op_sites: dict[tuple, dict[str, Any]] = {}
+        self.op_list: list[dict[str, Any]] = []
+        self.last_param_type: type | None = None
+        self.notes: list[str] = []
+        self.first_nonfinite_forward: str | None = None
+        self.first_nonfinite_backward: str | None = None
+
+        # Unique parameters, each assigned to its first owner (tied weights are counted once).
+        self.param_names: list[str] = []
+        self.params: list[nn.Parameter] = []
+        owner_of: dict[int, str] = {}
+        for pname, p in model.named_parameters():
+            owner_of[id(p)] = pname.rsplit(".", 1)[0] if "." in pname else ""
+            if p.requires_grad:
+                self.param_names.append(pname)
+                self.params.append(p)
+        self.all_param_count = sum(p.numel() for p in model.parameters())
+        index_of = {id(p): i for i, p in enumerate(self.params)}
+
+        for name, mod in model.named_modules():
+            self.module_names[id(mod)] = name
+            direct = list(mod.parameters(recurse=False))
+            kind = activation_kind(mod)
+            if kind is not None:
+                self.activation_modules.add(id(mod))
+            if not direct and kind is None and mod is not model:
+                continue
+            own = [p for p in direct if owner_of.get(id(p)) == name]
+            role = S.PARAM if direct else (S.ACTIVATION if kind is not None else S.MODEL)
+            rec_type = type(mod).__name__ if isinstance(mod, _RECURRENT_TYPES) else None
+            st = S.LayerStats(
+                index=-1, name=name, type=type(mod).__name__, role=role, activation=kind, recurrent=rec_type,
+                params=sum(p.numel() for p in own),
+                trainable_params=sum(p.numel() for p in own if p.requires_grad),
+                bidirectional=bool(getattr(mod, "bidirectional", False)) if rec_type else None,
+            )
+            layer = _Layer(slot=len(self.layers), name=name, module=mod, stats=st, kind=kind,
+                           owned=[index_of[id(p)] for p in own if id(p) in index_of])
+            self.layers.append(layer)
+            self.by_module[id(mod)] = layer
+
+    # -- hooks -----------------------------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        for layer in list(self.layers):
+            mod = layer.module
+            self.handles.append(mod.register_forward_hook(self._make_forward_hook(layer)))
+            if layer.stats.recurrent:
+                self.handles.append(mod.register_forward_pre_hook(self._make_rnn_pre_hook(layer)))
+
+    def detach(self) -> None:
+        self.remove_tensor_hooks()
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def remove_tensor_hooks(self) -> None:
+        for h in self.tensor_handles:
+            h.remove()
+        self.tensor_handles.clear()
+
+    def _make_forward_hook(self, layer: _Layer) -> Callable:
+        def hook(mod: nn.Module, inputs: Any, output: Any) -> None:
+            if layer.stats.role == S.PARAM:
+                self.last_param_type = type(mod)
+            out = _first_tensor(output)
+            if out is not None:
+                self._on_output(layer, out)
+        return hook
+
+    def _on_output(self, layer: _Layer, out: torch.Tensor) -> None:
+        layer.step_calls += 1
+        if layer.first_call is None:
+            layer.first_call = next(self._call_counter)
+        if not (out.is_floating_point() or out.is_complex()):
+            return
+        d = out.detach()
+        rec, slot = self.rec, layer.slot
+        rec.add(slot, "out", _norm(d))
+        rec.add(slot, "out_nf", _nonfinite(d), next(self._fwd_seq))
+        kind = layer.kind
+        if kind == S.SIGMOID:
+            rec.add(slot, "sat", (d - 0.5).abs_().gt_(SIGMOID_SAT).sum(dtype=torch.float32))
+            layer.sat_total += d.numel()
+        elif kind == S.TANH:
+            rec.add(slot, "sat", d.abs().gt_(TANH_SAT).sum(dtype=torch.float32))
+            layer.sat_total += d.numel()
+        elif kind == S.RELU and d.dim() >= 1 and not layer.alive_bad:
+            self._track_alive(layer, d)
+        if out.requires_grad:
+            self.tensor_handles.append(out.register_hook(self._make_grad_hook(layer)))
+
+    def _track_alive(self, layer: _Layer, d: torch.Tensor) -> None:
+        if layer.alive is None and layer.first_call is not None and layer.step_calls == 1:
+            channel_first = (d.dim() >= 4 or (d.dim() == 3 and self.last_param_type is not None
+                             and issubclass(self.last_param_type, _CHANNEL_FIRST_TYPES)))
+            layer.unit_dim_last = not channel_first
+        unit_dim = d.dim() - 1 if layer.unit_dim_last or d.dim() < 2 else 1
+        units = d.shape[unit_dim]
+        alive = d.movedim(unit_dim, -1).reshape(-1, units).gt(0).any(0)
+        if layer.alive is None:
+            layer.alive = alive
+        elif layer.alive.shape == alive.shape:
+            layer.alive |= alive
+        else:   # the layer's width changed between calls: the per-unit view is meaningless
+            layer.alive_bad = True
+            layer.alive = None
+
+    def _make_grad_hook(self, layer: _Layer) -> Callable:
+        def hook(g: torch.Tensor) -> None:
+            g = g.detach()
+            self.rec.add(layer.slot, "g", _norm(g))
+            self.rec.add(layer.slot, "g_nf", _nonfinite(g), next(self._bwd_counter))
+        return hook
+
+    def _make_rnn_pre_hook(self, layer: _Layer) -> Callable:
+        def pre_hook(mod: nn.Module, args: tuple) -> tuple | None:
+            if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
+                return None   # PackedSequence or unusual input: no per-time-step profile
+            x = args[0]
+            batch_first = bool(getattr(mod, "batch_first", False))
+            time_dim = 1 if (batch_first and x.dim() == 3) else 0
+            new_args = None
+            if not x.requires_grad:
+                # The raw input needs no gradient for training; ask for one so we see it per time step.
+                x = x.detach().requires_grad_(True)
+                self.extra_inputs.append(x)
+                new_args = (x,) + tuple(args[1:])
+            layer.time_dim = time_dim
+            self.tensor_handles.append(x.register_hook(self._make_time_hook(layer, time_dim)))
+            return new_args
+        return pre_hook
+
+    def _make_time_hook(self, layer: _Layer, time_dim: int) -> Callable:
+        def hook(g: torch.Tensor) -> None:
+            g = g.detach()
+            dims = [d for d in range(g.dim()) if d != time_dim]
+            per_t = g.float().pow(2).sum(dim=dims) if dims else g.float().pow(2)
+            if layer.time_sq is None:
+                layer.time_sq = per_t
+            elif layer.time_sq.shape == per_t.shape:
+                layer.time_sq = layer.time_sq + per_t
+        return hook
+
+    # -- functional activations ----------------------------------------------------------------------------
+
+    def on_functional(self, kind: str, out: torch.Tensor) -> None:
+        owner, site = self._caller()
+        if owner is not None and id(owner) in self.activation_modules:
+            return   # e.g. nn.Sigmoid calling torch.sigmoid: already measured as a module
+        owner_name = self.module_names.get(id(owner), "") if owner is not None else ""
+        key = (owner_name, kind, site)
+        layer = self.functional.get(key)
+        if layer is None:
+            label = f"{owner_name or '(model)'}.{_FUNC_NAMES[kind]}@{site[1]}"
+            st = S.LayerStats(index=-1, name=label, type=f"{_FUNC_NAMES[kind]}()", role=S.FUNCTIONAL,
+                              activation=kind)
+            layer = _Layer(slot=len(self.layers), name=label, module=None, stats=st, kind=kind)
+            self.layers.append(layer)
+            self.functional[key] = layer
+        self._on_output(layer, out)
+
+    def on_risky(self, op: str, out: torch.Tensor, args: tuple, kwargs: dict | None) -> None:
+        if not out.is_floating_point():
+            return
+        site = _user_site()
+        key = (op, site)
+        entry = self.op_sites.get(key)
+        if entry is None:
+            owner, _ = self._caller()
+            owner_name = self.module_names.get(id(owner), "") if owner is not None else ""
+            entry = {"op": op, "file": _display_path(site[0]), "line": site[1], "module": owner_name or "(model)",
+                     "label": f"{op}() at {os.path.basename(site[0])}:{site[1]} in `{owner_name or '(model)'}`",
+                     "forward_nonfinite": 0, "backward_nonfinite": 0, "index": len(self.op_list)}
+            self.op_sites[key] = entry
+            self.op_list.append(entry)
+        slot = ("op", entry["index"])
+        self.rec.add(slot, "op_nf", _nonfinite(out.detach()), next(self._fwd_seq))
+        # Backward: the gradient w.r.t. the op's *inputs* is where sqrt'(0) = inf or d(a/b)/db = -a/b^2
+        # turn up first (the gradient w.r.t. its output is still finite).
+        for t in itertools.chain(args, (kwargs or {}).values()):
+            if isinstance(t, torch.Tensor) and t.requires_grad and not t.is_leaf:
+                def hook(g: torch.Tensor) -> None:
+                    self.rec.add(slot, "op_gnf", _nonfinite(g.detach()), next(self._bwd_counter))
+                self.tensor_handles.append(t.register_hook(hook))
+
+    def _caller(self) -> tuple[nn.Module | None, tuple[str, int]]:
+        """The innermost module of this model whose forward is on the stack, and the user's call site."""
+        frame = sys._getframe(2)
+        site: tuple[str, int] | None = None
+        while frame is not None:
+            fname = frame.f_code.co_filename
+            if site is None and not fname.startswith(_TORCH_DIR) and not fname.startswith(_SELF_DIR):
+                site = (fname, frame.f_lineno)
+            obj = frame.f_locals.get("self")
+            if obj is not None and id(obj) in self.module_names and isinstance(obj, nn.Module):
+                return obj, site or (fname, frame.f_lineno)
+            frame = frame.f_back
+        return None, site or ("?", 0)
+
+    def module_at(self, exc: BaseException) -> str | None:
+        """Name the innermost module of this model in whose code the exception was raised."""
+        where = None
+        for frame, _ in traceback.walk_tb(exc.__traceback__):
+            obj = frame.f_locals.get("self")
+            if obj is not None and id(obj) in self.module_names and isinstance(obj, nn.Module):
+                name = self.module_names[id(obj)]
+                where = f"`{name or '(model)'}` ({type(obj).__name__})"
+        return where
+
+    # -- steps -------------------------------------------------------------------------------------------------
+
+    def begin_step(self) -> None:
+        self._fwd_seq = itertools.count()
+        for layer in self.layers:
+            layer.step_calls = 0
+            layer.out_sq = layer.grad_sq = 0.0
+            layer.out_seen = layer.grad_seen = False
+        self.extra_inputs = []
+        self._bwd_counter = itertools.count()
+
+    def end_step(self, extra: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+        """Flush the step's statistics in one transfer; returns the extra named values."""
+        self.remove_tensor_hooks()
+        for key, value in extra.items():
+            self.rec.add(None, key, value)
+        extras: dict[str, list[float]] = {}
+        nonfinite_bwd: list[tuple[int, str]] = []
+        nonfinite_fwd: list[tuple[int, str]] = []
+        for slot, name, vals, seq in self.rec.flush():
+            if slot is None:
+                extras[name] = vals
+                continue
+            v = vals[0]
+            if isinstance(slot, tuple):   # a watched op call site
+                entry = self.op_list[slot[1]]
+                if v and name == "op_nf":
+                    entry["forward_nonfinite"] += int(v)
+                    nonfinite_fwd.append((seq, entry["label"]))
+                elif v and name == "op_gnf":
+                    entry["backward_nonfinite"] += int(v)
+                    nonfinite_bwd.append((seq, entry["label"]))
+                continue
+            layer = self.layers[slot]
+            if name == "out":
+                layer.out_sq += v * v
+                layer.out_seen = True
+            elif name == "out_nf":
+                if v:
+                    layer.stats.nonfinite_outputs += int(v)
+                    nonfinite_fwd.append((seq, layer.name))
+            elif name == "g":
+                layer.grad_sq += v * v
+                layer.grad_seen = True
+            elif name == "g_nf":
+                if v:
+                    layer.stats.nonfinite_output_grads += int(v)
+                    nonfinite_bwd.append((seq, layer.name))
+            elif name == "sat":
+                layer.sat_count += v
+        for layer in self.layers:
+            layer.calls_total += layer.step_calls
+            if layer.out_seen:
+                layer.out_norms.append(math.sqrt(layer.out_sq))
+            if layer.grad_seen:
+                layer.grad_norms.append(math.sqrt(layer.grad_sq))
+        if nonfinite_fwd and self.first_nonfinite_forward is None:
+            self.first_nonfinite_forward = min(nonfinite_fwd)[1]
+        if nonfinite_bwd and self.first_nonfinite_backward is None:
+            self.first_nonfinite_backward = min(nonfinite_bwd)[1]
+        return extras
+
+    def finish(self, steps: int) -> list[S.LayerStats]:
+        """Bring back per-unit masks and time profiles (one transfer) and finalise LayerStats."""
+        vectors: list[torch.Tensor] = []
+        owners: list[tuple[_Layer, str, int]] = []
+        for layer in self.layers:
+            if layer.alive is not None:
+                vectors.append(layer.alive.to(torch.float32))
+                owners.append((layer, "alive", layer.alive.numel()))
+            if layer.time_sq is not None:
+                vectors.append(layer.time_sq.to(torch.float32))
+                owners.append((layer, "time", layer.time_sq.numel()))
+        flat: list[float] = []
+        if vectors:
+            dev = vectors[0].device
+            flat = torch.cat([v.to(dev) for v in vectors]).cpu().tolist()
+        pos = 0
+        for layer, what, n in owners:
+            vals = flat[pos:pos + n]
+            pos += n
+            st = layer.stats
+            if what == "alive":
+                st.units = n
+                st.dead_units = int(n - sum(vals))
+            else:
+                _set_time_profile(st, [math.sqrt(max(v, 0.0)) for v in vals])
+
+        # Depth order: first forward call; modules never called are placed after the module registered
+        # just before them (e.g. nn.MultiheadAttention.out_proj, whose weights are used by its parent).
+        order: list[tuple[float, int]] = []
+        last_key = -1.0
+        for layer in self.layers:
+            if layer.first_call is not None:
+                last_key = float(layer.first_call)
+                order.append((last_key, layer.slot))
+            else:
+                last_key += 1e-3
+                order.append((last_key, layer.slot))
+        order.sort()
+        out = []
+        for i, (_, slot) in enumerate(order):
+            layer = self.layers[slot]
+            st = layer.stats
+            st.index = i
+            st.calls = round(layer.calls_total / steps) if steps else 0
+            st.output_norm = _mean(layer.out_norms)
+            st.output_grad_norm = _mean(layer.grad_norms)
+            st.output_grad_norm_max = max(layer.grad_norms) if layer.grad_norms else None
+            st.grad_norm = _mean(layer.pgrad_norms)
+            st.grad_norm_max = max(layer.pgrad_norms) if layer.pgrad_norms else None
+            if layer.sat_total:
+                st.saturated_fraction = layer.sat_count / layer.sat_total
+            out.append(st)
+        return out
+
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_SELF_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _display_path(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
+
+def _user_site() -> tuple[str, int]:
+    """File and line of the innermost caller outside torch and gradcheck."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        fname = frame.f_code.co_filename
+        if not fname.startswith(_TORCH_DIR) and not fname.startswith(_SELF_DIR):
+            return (fname, frame.f_lineno)
+        frame = frame.f_back
+    return ("?", 0)
+
+
+def _mean(values: list[float]) -> float | None:
+    if not values:
+        return None
+    return sum(values) / len(values)
+
+
+def _set_time_profile(st: S.LayerStats, per_t: list[float]) -> None:
+    n = len(per_t)
+    st.time_steps = n
+    if n == 0:
+        return
+    if n > _PROFILE_POINTS:   # down-sample to at most 64 points (RMS over equal chunks)
+        edges = [round(i * n / _PROFILE_POINTS) for i in range(_PROFILE_POINTS + 1)]
+        st.time_grad_profile = [
+            math.sqrt(sum(v * v for v in per_t[a:b]) / max(b - a, 1)) for a, b in zip(edges, edges[1:])
+        ]
+    else:
+        st.time_grad_profile = list(per_t)
+    k = max(1, n // 10)
+    early = sum(per_t[:k]) / k
+    late = sum(per_t[-k:]) / k
+    st.time_grad_first_last = early / late if late > 0 else (math.inf if early > 0 else None)
+    hi, lo = max(per_t), min(per_t)
+    st.time_grad_min_max = lo / hi if hi > 0 else None
+
+
+class _FunctionalWatch(TorchFunctionMode):
+    """Sees torch.sigmoid / torch.tanh / F.relu (and their Tensor-method forms) called inside forward."""
+
+    def __init__(self, inst: Instrumentation) -> None:
+        super().__init__()
+        self.inst = inst
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        try:
+            kind = _FUNCTIONAL.get(func)
+        except TypeError:   # unhashable callable
+            kind = None
+        if isinstance(out, torch.Tensor):
+            if kind is not None:
+                self.inst.on_functional(kind, out)
+            else:
+                try:
+                    op = _RISKY.get(func)
+                except TypeError:
+                    op = None
+                if op is not None:
+                    self.inst.on_risky(op, out, args, kwargs)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model state: snapshot and restore
+# ----------------------------------------------------------------------------------------------------------
+
+@dataclass
+class _ModelState:
+    training: list[tuple[nn.Module, bool]]
+    buffers: list[tuple[nn.Module, str, torch.Tensor | None, torch.Tensor | None]]
+    device: torch.device | None
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return t.device
+    return None
+
+
+def _snapshot(model: nn.Module) -> _ModelState:
+    training = [(m, m.training) for m in model.modules()]
+    buffers = []
+    for m in model.modules():
+        for name, buf in m._buffers.items():
+            buffers.append((m, name, buf, None if buf is None else buf.detach().clone()))
+    return _ModelState(training=training, buffers=buffers, device=_model_device(model))
+
+
+def _restore(model: nn.Module, state: _ModelState) -> None:
+    if state.device is not None and _model_device(model) != state.device:
+        model.to(state.device)
+    with torch.no_grad():
+        for m, name, original, saved in state.buffers:
+            m._buffers[name] = original
+            if original is not None and saved is not None:
+                original.copy_(saved.to(original.device))
+    for m, flag in state.training:
+        m.training = flag
+
+
+@contextmanager
+def instrument(model: nn.Module, device: torch.device | None = None) -> Iterator[Instrumentation]:
+    """Hooks that never leak: the model comes back exactly as it was given."""
+    state = _snapshot(model)
+    devices = [device] if device is not None and device.type == "cuda" else []
+    inst: Instrumentation | None = None
+    with torch.random.fork_rng(devices=devices):
+        try:
+            if device is not None and state.device is not None and state.device != device:
+                model.to(device)
+            model.train()
+            inst = Instrumentation(model)
+            inst.attach()
+            yield inst
+        finally:
+            if inst is not None:
+                inst.detach()
+            _restore(model, state)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Running the passes
+# ----------------------------------------------------------------------------------------------------------
+
+@dataclass
+class PassResult:
+    stats: S.RunStats
+    notes: list[str]
+    loss_description: str
+
+
+def run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, seed: int,
+               device: torch.device) -> PassResult:
+    """Run `steps` instrumented forward/backward passes; return statistics only (no tensors)."""
+    from gradcheck_cli import losses
+
+    notes: list[str] = []
+    losses_seen: list[float] = []
+    total_norms: list[float] = []
+    input_nonfinite = 0
+    loss_description = getattr(loss_fn, "description", "?")
+    with instrument(model, device) as inst:
+        if not inst.params:
+            raise InputError("the model has no trainable parameters (every parameter has requires_grad=False)",
+                             hint="unfreeze at least one layer; there is no gradient to check")
+        ever_grad = [False] * len(inst.params)
+        ever_nonzero = [False] * len(inst.params)
+        nonfinite_param = [0] * len(inst.params)
+        _weight_stats(inst)
+
+        for step in range(steps):
+            torch.manual_seed(seed * 1_000_003 + step)
+            batch = batches.get(step, device)
+            inst.begin_step()
+            extra: dict[str, torch.Tensor] = {}
+            in_nf = [_nonfinite(t) for t in batch.tensors() if t.is_floating_point()]
+            if in_nf:
+                extra["input_nf"] = torch.stack(in_nf).sum()
+            try:
+                with _FunctionalWatch(inst):
+                    output = model(*batch.args, **batch.kwargs)
+            except (InputError, UserCodeError):
+                raise
+            except Exception as exc:   # the user's forward raised
+                raise _user_error("forward", exc, inst, batch) from exc
+            try:
+                loss, loss_description, note = losses.compute(loss_fn, output, batch, step, seed)
+            except (InputError, UserCodeError):
+                raise
+            except Exception as exc:
+                raise _user_error("loss", exc, inst, batch) from exc
+            if note and note not in notes:
+                notes.append(note)
+            inputs = list(inst.params) + list(inst.extra_inputs)
+            try:
+                grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+            except Exception as exc:
+                raise _user_error("backward", exc, inst, batch) from exc
+            pgrads = grads[:len(inst.params)]
+            present = [i for i, g in enumerate(pgrads) if g is not None]
+            if present:
+                extra["pgrad"] = torch.stack(torch._foreach_norm([pgrads[i].detach() for i in present]))
+            extra["loss"] = loss.detach().reshape(1)
+            del grads, pgrads, output, loss
+            vals = inst.end_step(extra)
+            losses_seen.append(vals["loss"][0])
+            input_nonfinite += int(vals.get("input_nf", [0.0])[0])
+            norms = dict(zip(present, vals.get("pgrad", [])))
+            total_sq = 0.0
+            for i, n in norms.items():
+                ever_grad[i] = True
+                if n != 0.0:
+                    ever_nonzero[i] = True
+                if not math.isfinite(n):
+                    nonfinite_param[i] += 1
+                total_sq += n * n
+            total_norms.append(math.sqrt(total_sq))
+            for layer in inst.layers:
+                if layer.owned and any(i in norms for i in layer.owned):
+                    layer.pgrad_norms.append(math.sqrt(sum(norms.get(i, 0.0) ** 2 for i in layer.owned)))
+        for layer in inst.layers:
+            layer.stats.nonfinite_param_grads = sum(1 for i in layer.owned if nonfinite_param[i])
+        layers = inst.finish(steps)
+        run = S.RunStats(
+            layers=layers,
+            steps=steps,
+            losses=losses_seen,
+            parameters=inst.all_param_count,
+            trainable_parameters=sum(p.numel() for p in inst.params),
+            total_grad_norm=_mean(total_norms),
+            total_grad_norm_max=max(total_norms) if total_norms else None,
+            input_nonfinite=input_nonfinite,
+            first_nonfinite_forward=inst.first_nonfinite_forward,
+            first_nonfinite_backward=inst.first_nonfinite_backward,
+            unused_parameters=[n for n, g in zip(inst.param_names, ever_grad) if not g],
+            zero_grad_parameters=[n for n, g, nz in zip(inst.param_names, ever_grad, ever_nonzero) if g and not nz],
+            nonfinite_ops=[{k: v for k, v in e.items() if k != "index"} for e in inst.op_list
+                           if e["forward_nonfinite"] or e["backward_nonfinite"]],
+        )
+        notes.extend(inst.notes)
+    return PassResult(stats=run, notes=notes, loss_description=loss_description)
+
+
+def _weight_stats(inst: Instrumentation) -> None:
+    """Weight norms, `.weight` std and fan-in, `.bias` means and nn.RNN's largest singular value of
+    weight_hh_l0: computed on the device, brought back in one transfer."""
+    with torch.no_grad():
+        parts = [torch.stack(torch._foreach_norm([p.detach() for p in inst.params]))]
+        extra: list[tuple[S.LayerStats, str]] = []
+        for layer in inst.layers:
+            mod = layer.module
+            if mod is None or layer.stats.role != S.PARAM:
+                continue
+            w = getattr(mod, "weight", None)
+            if isinstance(w, torch.Tensor) and w.dim() >= 2 and w.is_floating_point():
+                fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(w)
+                layer.stats.fan_in, layer.stats.fan_out = int(fan_in), int(fan_out)
+                parts.append(w.detach().float().pow(2).mean().reshape(1))
+                extra.append((layer.stats, "weight_rms"))
+            b = getattr(mod, "bias", None)
+            if isinstance(b, torch.Tensor) and b.numel() and b.is_floating_point():
+                parts.append(b.detach().float().mean().reshape(1))
+                extra.append((layer.stats, "bias_mean"))
+            if isinstance(mod, nn.RNN):
+                whh = getattr(mod, "weight_hh_l0", None)
+                if isinstance(whh, torch.Tensor):
+                    parts.append(torch.linalg.matrix_norm(whh.detach().float(), ord=2).reshape(1))
+                    extra.append((layer.stats, "recurrent_sigma_max"))
+        flat = torch.cat([p.to(parts[0].device) for p in parts]).cpu().tolist()
+    n = len(inst.params)
+    wnorms, rest = flat[:n], flat[n:]
+    for layer in inst.layers:
+        if layer.owned:
+            layer.stats.weight_norm = math.sqrt(sum(wnorms[i] ** 2 for i in layer.owned))
+    for (st, key), v in zip(extra, rest):
+        setattr(st, key, math.sqrt(v) if key == "weight_rms" else v)
+
+
+def _user_error(phase: str, exc: BaseException, inst: Instrumentation, batch: Any) -> UserCodeError:
+    where = inst.module_at(exc)
+    msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
+    hint = None
+    if isinstance(exc, torch.cuda.OutOfMemoryError if hasattr(torch.cuda, "OutOfMemoryError") else MemoryError) \
+            or isinstance(exc, MemoryError):
+        hint = "out of memory: try a smaller batch (--input-shape) or --device cpu"
+    elif phase == "forward" and isinstance(exc, RuntimeError) and ("shape" in str(exc) or "size" in str(exc)):
+        hint = f"the batch has {batch.describe_shapes()}; check --input-shape / --batch against the model"
+    return UserCodeError(msg, phase=phase, where=where, hint=hint, original=exc)

@@ -1,0 +1,46 @@
+"""Errors that end a run with a documented exit code (never a traceback, unless --verbose)."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_USAGE = 2
+EXIT_USER_CODE = 3
+
+
+class GradcheckError(Exception):
+    """Base class: a one-line message for the user and the exit code it maps to."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class InputError(GradcheckError):
+    """Usage, configuration or input problem (exit 2): bad spec, missing file, bad shape, bad config."""
+
+    exit_code = EXIT_USAGE
+
+
+class UserCodeError(GradcheckError):
+    """The user's code raised while importing, building, running forward or computing the loss (exit 3)."""
+
+    exit_code = EXIT_USER_CODE
+
+    def __init__(self, message: str, *, phase: str, where: str | None = None, hint: str | None = None,
+                 original: BaseException | None = None):
+        super().__init__(message, hint=hint)
+        self.phase = phase
+        self.where = where
+        self.original = original
+
+    def one_line(self) -> str:
+        loc = f" in {self.where}" if self.where else ""
+        text = f"{self.phase} failed{loc}: {self.message}"
+        return f"{text} ({self.hint})" if self.hint else text

@@ -1,0 +1,142 @@
+"""'path/to/file.py:NAME' or 'package.module:NAME' -> the object; models built from it."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+import traceback
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from gradcheck_cli.errors import InputError, UserCodeError
+
+_FILE_MODULES: dict[str, ModuleType] = {}
+
+
+def split_spec(spec: str, what: str = "model") -> tuple[str, str]:
+    target, sep, name = spec.rpartition(":")
+    if not sep or not target or not name or not name.replace("_", "a").replace(".", "a").isalnum():
+        raise InputError(f"bad {what} spec {spec!r}: expected 'path/to/file.py:NAME' or 'package.module:NAME'",
+                         hint="NAME is a module class, a zero-argument factory or a module instance")
+    return target, name
+
+
+def _looks_like_file(target: str) -> bool:
+    return target.endswith(".py") or "/" in target or "\\" in target
+
+
+def _user_frame(exc: BaseException, path: str | None = None) -> str | None:
+    """file:line of the innermost frame in the user's file (or the innermost frame at all)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{exc.filename}:{exc.lineno}"
+    pick = None
+    for fr in frames:
+        if path is None or Path(fr.filename).resolve() == Path(path).resolve():
+            pick = fr
+    if pick is None and frames:
+        pick = frames[-1]
+    return f"{pick.filename}:{pick.lineno}" if pick else None
+
+
+def _exc_text(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def import_file(path_text: str) -> ModuleType:
+    path = Path(path_text)
+    if not path.exists():
+        raise InputError(f"file not found: {path_text}", hint="check the path (relative to the current directory)")
+    if path.is_dir() or path.suffix != ".py":
+        raise InputError(f"not a Python file: {path_text}", hint="point to a .py file, e.g. model.py:build")
+    key = str(path.resolve())
+    if key in _FILE_MODULES:
+        return _FILE_MODULES[key]
+    mod_name = "_gradcheck_user_" + hashlib.sha1(key.encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:  # pragma: no cover - defensive
+        raise InputError(f"cannot import {path_text}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    parent = str(path.resolve().parent)
+    added = parent not in sys.path
+    if added:
+        sys.path.insert(0, parent)   # so the user's file can import its siblings
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as exc:
+        sys.modules.pop(mod_name, None)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise UserCodeError(_exc_text(exc), phase="import", where=_user_frame(exc, key), original=exc) from exc
+    finally:
+        if added:
+            try:
+                sys.path.remove(parent)
+            except ValueError:
+                pass
+    _FILE_MODULES[key] = module
+    return module
+
+
+def import_module(target: str) -> ModuleType:
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name and (target == exc.name or target.startswith(exc.name + ".")):
+            raise InputError(f"module not found: {target}",
+                             hint="install it, run from its project directory, or use path/to/file.py:NAME") from None
+        raise UserCodeError(_exc_text(exc), phase="import", where=_user_frame(exc), original=exc) from exc
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise UserCodeError(_exc_text(exc), phase="import", where=_user_frame(exc), original=exc) from exc
+
+
+def load_object(spec: str, what: str = "model") -> Any:
+    target, name = split_spec(spec, what)
+    module = import_file(target) if _looks_like_file(target) else import_module(target)
+    obj: Any = module
+    for part in name.split("."):
+        if not hasattr(obj, part):
+            candidates = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, candidates, n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else (
+                f"it defines: {', '.join(candidates[:8])}" if candidates else None)
+            raise InputError(f"{target} has no attribute {part!r} (from {what} spec {spec!r})", hint=hint)
+        obj = getattr(obj, part)
+    return obj
+
+
+def build_model(obj: Any, spec: str):
+    import torch.nn as nn
+
+    if isinstance(obj, nn.Module):
+        return obj
+    if not callable(obj):
+        raise InputError(f"{spec} is a {type(obj).__name__}, not an nn.Module, a Module subclass or a factory")
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        required = [p.name for p in sig.parameters.values()
+                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
+                                                           p.KEYWORD_ONLY)]
+        if required:
+            raise InputError(f"{spec} needs arguments ({', '.join(required)}); gradcheck calls it with none",
+                             hint="point to a zero-argument factory, e.g. def build(): return Net(...)")
+    try:
+        model = obj()
+    except Exception as exc:
+        raise UserCodeError(_exc_text(exc), phase="build", where=_user_frame(exc), original=exc) from exc
+    if not isinstance(model, nn.Module):
+        raise InputError(f"{spec} returned {type(model).__name__}, not an nn.Module",
+                         hint="the factory must return a torch.nn.Module")
+    return model

@@ -1,0 +1,160 @@
+"""Loss functions: built-in names, a user callable, or the model's own `.loss`; target synthesis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from gradcheck_cli.errors import InputError
+
+BUILTIN = ("cross-entropy", "mse", "bce-with-logits")
+
+
+@dataclass
+class LossFn:
+    name: str                           # "auto", one of BUILTIN, or "callable"
+    fn: Callable | None = None
+    spec: str | None = None
+
+    @property
+    def description(self) -> str:
+        if self.name == "callable":
+            return f"{self.spec}"
+        return self.name
+
+
+def resolve(spec: str | None) -> LossFn:
+    if spec is None or spec == "auto":
+        return LossFn("auto")
+    if spec in BUILTIN:
+        return LossFn(spec)
+    if ":" in spec:
+        from gradcheck_cli import loading
+
+        fn = loading.load_object(spec, what="loss")
+        if not callable(fn):
+            raise InputError(f"--loss {spec}: {type(fn).__name__} is not callable",
+                             hint="point to a function (output, target) -> scalar tensor")
+        return LossFn("callable", fn=fn, spec=spec)
+    raise InputError(f"unknown --loss {spec!r}: expected one of {', '.join(BUILTIN)} or file.py:NAME")
+
+
+def model_loss(output: Any) -> torch.Tensor | None:
+    loss = getattr(output, "loss", None)
+    if loss is None and isinstance(output, dict):
+        loss = output.get("loss")
+    return loss if isinstance(loss, torch.Tensor) else None
+
+
+def primary_tensor(output: Any) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, dict):
+        if isinstance(output.get("logits"), torch.Tensor):
+            return output["logits"]
+        for v in output.values():
+            if isinstance(v, torch.Tensor) and v.is_floating_point():
+                return v
+    if isinstance(output, (tuple, list)):
+        for v in output:
+            t = primary_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+def _classification_shaped(pred: torch.Tensor, token_input: bool) -> bool:
+    if pred.dim() == 2 and pred.shape[1] > 1:
+        return True
+    return pred.dim() == 3 and token_input and pred.shape[-1] > 1
+
+
+def synth_target(kind: str, pred: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    shape = tuple(pred.shape)
+    if kind == "cross-entropy":
+        if pred.dim() == 3:                       # (B, T, V) language-model logits
+            t = torch.randint(0, shape[-1], shape[:2], generator=gen)
+        elif pred.dim() >= 2:                     # (B, C) or (B, C, *spatial)
+            t = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=gen)
+        else:
+            raise InputError(f"cross-entropy needs an output of shape (batch, classes, ...); got {shape}",
+                             hint="pass --loss mse or a --loss callable")
+    elif kind == "bce-with-logits":
+        t = torch.randint(0, 2, shape, generator=gen).to(pred.dtype)
+    else:
+        t = torch.randn(shape, generator=gen, dtype=torch.float32).to(pred.dtype)
+    return t.to(pred.device)
+
+
+def _cross_entropy(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if pred.dim() == 3 and target.dim() == 2 and tuple(target.shape) == tuple(pred.shape[:2]):
+        return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1))
+    return F.cross_entropy(pred, target)
+
+
+_BUILTIN_FN = {
+    "cross-entropy": _cross_entropy,
+    "mse": lambda p, t: F.mse_loss(p, t.to(p.dtype)),
+    "bce-with-logits": lambda p, t: F.binary_cross_entropy_with_logits(p, t.to(p.dtype)),
+}
+
+
+def compute(loss_fn: LossFn, output: Any, batch: Any, step: int, seed: int
+            ) -> tuple[torch.Tensor, str, str | None]:
+    """Return (scalar loss, description, note-or-None)."""
+    gen = torch.Generator().manual_seed(seed * 104_729 + step + 17)
+    target = batch.target
+    note = None
+    if loss_fn.name == "auto":
+        own = model_loss(output)
+        if own is not None:
+            return _check_loss(own, "the model's own .loss"), "model's own .loss", None
+    pred = primary_tensor(output)
+    if pred is None:
+        raise InputError(f"the model returned {type(output).__name__}, which holds no tensor to compute a loss on",
+                         hint="return a tensor (or an object with .loss/.logits), or pass --loss file.py:NAME")
+    if loss_fn.name == "auto":
+        if target is not None:
+            kind = "cross-entropy" if (isinstance(target, torch.Tensor) and not target.is_floating_point()) else "mse"
+        else:
+            kind = "cross-entropy" if _classification_shaped(pred, batch.token_input) else "mse"
+    else:
+        kind = loss_fn.name
+    synthetic = target is None
+    if synthetic:
+        target = synth_target("cross-entropy" if kind == "callable" and _classification_shaped(
+            pred, batch.token_input) else kind, pred, gen)
+    if kind == "callable":
+        loss = loss_fn.fn(output, target)
+        desc = f"{loss_fn.spec}"
+    else:
+        loss = _BUILTIN_FN[kind](pred, target)
+        desc = kind
+    if synthetic:
+        desc += " (synthetic targets)"
+    if isinstance(loss, torch.Tensor) and loss.dim() > 0 and loss.numel() > 1:
+        note = f"the loss returned shape {tuple(loss.shape)}, not a scalar; it was reduced with mean()"
+        loss = loss.mean()
+    return _check_loss(loss, desc), desc, note
+
+
+def _check_loss(loss: Any, desc: str) -> torch.Tensor:
+    if not isinstance(loss, torch.Tensor):
+        raise InputError(f"the loss ({desc}) returned {type(loss).__name__}, not a tensor",
+                         hint="return a scalar torch tensor")
+    if loss.numel() != 1:
+        raise InputError(f"the loss ({desc}) returned an empty tensor of shape {tuple(loss.shape)}")
+    if not (loss.is_floating_point() or loss.is_complex()):
+        raise InputError(f"the loss ({desc}) is an integer tensor ({loss.dtype}); it carries no gradient",
+                         hint="compute the loss from floating-point model outputs")
+    if not loss.requires_grad:
+        raise InputError(f"the loss ({desc}) does not require grad: the model output is detached "
+                         "(torch.no_grad, .detach(), .item() or integer outputs) or no trainable parameter reaches it",
+                         hint="make sure forward returns tensors connected to the parameters")
+    return loss.reshape(())

@@ -1,0 +1,77 @@
+"""The product path: load model -> batches -> instrumented passes -> statistics -> rules -> Report.
+
+cli.py parses flags into config.Settings and calls `run_check`; renderers take the Report it returns.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from gradcheck_cli import __version__
+from gradcheck_cli.config import RuleSettings, Settings
+from gradcheck_cli.errors import InputError
+from gradcheck_cli.findings import Finding, Report
+from gradcheck_cli.rules import RULES
+from gradcheck_cli.stats import RunStats
+
+
+def apply_rules(stats: RunStats, rule_settings: dict[str, RuleSettings]) -> list[Finding]:
+    findings: list[Finding] = []
+    for r in RULES:
+        cfg = rule_settings.get(r.id, RuleSettings())
+        if not cfg.enabled:
+            continue
+        for f in r.check(stats, cfg.options):
+            if cfg.severity is not None:
+                f.severity = cfg.severity
+            findings.append(f)
+    return findings
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but CUDA is not available on this machine",
+                         hint="use --device cpu or --device auto")
+    return torch.device(name)
+
+
+def run_check(s: Settings) -> Report:
+    t0 = time.perf_counter()
+    from gradcheck_cli import batches, collect, loading, losses
+
+    device = resolve_device(s.device)
+    loss_fn = losses.resolve(s.loss)
+    model = loading.build_model(loading.load_object(s.model, what="model"), s.model)
+    source = batches.make_batch_source(s.batch, s.input_shape, model, s.seed)
+    t1 = time.perf_counter()
+    result = collect.run_passes(model, source, loss_fn, steps=s.steps, seed=s.seed, device=device)
+    t2 = time.perf_counter()
+    findings = apply_rules(result.stats, s.rules)
+    stats = result.stats
+    t3 = time.perf_counter()
+    settings: dict[str, Any] = {
+        "steps": s.steps, "seed": s.seed, "device": str(device), "batch": source.description,
+        "input_shape": list(getattr(source, "shape", ()) or []) or None,
+        "loss": result.loss_description, "fail_on": s.fail_on.value, "config": s.config_path,
+        "rules": {rid: {"enabled": rs.enabled, "severity": rs.severity.value if rs.severity else None,
+                        **rs.options} for rid, rs in s.rules.items()},
+    }
+    run = {k: v for k, v in stats.to_dict().items() if k != "layers"}
+    return Report(
+        tool_version=__version__,
+        model={"spec": s.model, "class": type(model).__name__, "parameters": stats.parameters,
+               "trainable_parameters": stats.trainable_parameters, "layers_measured": len(stats.layers)},
+        settings=settings,
+        layers=[layer.to_dict() for layer in stats.layers],
+        run=run,
+        findings=findings,
+        fail_on=s.fail_on,
+        timings={"load_s": round(t1 - t0, 4), "passes_s": round(t2 - t1, 4),
+                 "analysis_s": round(t3 - t2, 4), "total_s": round(t3 - t0, 4)},
+        notes=result.notes,
+    )

@@ -1,0 +1,205 @@
+"""Terminal report (Rich): header, per-layer table with a log-scale gradient-flow bar, findings, verdict.
+
+Readable at 80 columns; no colour codes when the output is not a terminal.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, TextIO
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from gradcheck_cli.findings import Report, Severity
+
+BAR_WIDTH = 14
+_PARTIAL = " ▏▎▍▌▋▊▉"
+_SEV_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "bold yellow", Severity.INFO: "bold blue"}
+
+
+def fmt(x: Any) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, str):
+        return x
+    if isinstance(x, bool):
+        return str(x).lower()
+    if isinstance(x, int):
+        return f"{x:,}" if abs(x) >= 10000 else str(x)
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if x == 0:
+        return "0"
+    if 1e-3 <= abs(x) < 1e4:
+        return f"{x:.3g}"
+    return f"{x:.1e}"
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+
+def bar_scale(values: list[Any]) -> tuple[float, float]:
+    """Log10 range [lo, hi] for the bars: whole decades, at least 4 decades wide."""
+    vals = [v for v in values if _positive(v)]
+    if not vals:
+        return (0.0, 1.0)
+    hi = math.ceil(math.log10(max(vals)) + 1e-9)
+    lo = math.floor(math.log10(min(vals)))
+    lo = min(lo, hi - 4)
+    return (float(lo), float(hi))
+
+
+def bar(value: Any, scale: tuple[float, float], width: int = BAR_WIDTH) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN/Inf".ljust(width)
+    if not _positive(value):
+        return "".ljust(width)
+    lo, hi = scale
+    frac = (math.log10(value) - lo) / (hi - lo)
+    eighths = max(1, round(min(max(frac, 0.0), 1.0) * width * 8))
+    full, part = divmod(eighths, 8)
+    return ("█" * full + (_PARTIAL[part] if part else "")).ljust(width)
+
+
+def _notes(layer: dict[str, Any], flagged: dict[str, list[str]]) -> str:
+    parts = []
+    if layer.get("saturated_fraction") is not None:
+        parts.append(f"sat {100 * layer['saturated_fraction']:.0f}%")
+    if layer.get("units"):
+        parts.append(f"dead {layer['dead_units']}/{layer['units']}")
+    if layer.get("nonfinite_outputs") or layer.get("nonfinite_output_grads"):
+        parts.append(f"NaN/Inf {layer['nonfinite_outputs'] + layer['nonfinite_output_grads']}")
+    if layer.get("time_steps"):
+        key = "time_grad_min_max" if layer.get("bidirectional") else "time_grad_first_last"
+        parts.append(f"T={layer['time_steps']} first/last {fmt(layer.get(key))}")
+    if layer["name"] in flagged:
+        parts.append("◀ " + ",".join(flagged[layer["name"]]))
+    return " ".join(parts)
+
+
+def _select_rows(layers: list[dict[str, Any]], flagged: set[str], max_rows: int) -> list[dict[str, Any] | None]:
+    """All rows, or the first and last ones plus every flagged layer; None marks an elision."""
+    if max_rows <= 0 or len(layers) <= max_rows:
+        return list(layers)
+    head = max_rows // 2
+    tail = max_rows - head
+    keep = set(range(head)) | set(range(len(layers) - tail, len(layers)))
+    keep |= {i for i, l in enumerate(layers) if l["name"] in flagged}
+    rows: list[dict[str, Any] | None] = []
+    last = -1
+    for i in sorted(keep):
+        if i != last + 1:
+            rows.append(None)
+        rows.append(layers[i])
+        last = i
+    return rows
+
+
+def layer_table(report: Report, max_rows: int) -> Table:
+    flagged: dict[str, list[str]] = {}
+    for f in report.findings:
+        if f.layer is not None:
+            flagged.setdefault(f.layer, [])
+            if f.code not in flagged[f.layer]:
+                flagged[f.layer].append(f.code)
+    layers = report.layers
+    scale = bar_scale([l.get("output_grad_norm") for l in layers])
+    table = Table(box=None, pad_edge=False, padding=(0, 1), header_style="bold", show_edge=False)
+    table.add_column("#", justify="right", style="dim", no_wrap=True)
+    table.add_column("layer", overflow="fold", min_width=10, ratio=3)
+    table.add_column("type", overflow="ellipsis", no_wrap=True, max_width=12)
+    table.add_column("|∇W|", justify="right", no_wrap=True)
+    table.add_column("|∂L/∂y|", justify="right", no_wrap=True)
+    table.add_column(f"flow 1e{scale[0]:+.0f}..1e{scale[1]:+.0f}", no_wrap=True, style="cyan",
+                     min_width=BAR_WIDTH)
+    table.add_column("notes", overflow="fold", ratio=2)
+    rows = _select_rows(layers, set(flagged), max_rows)
+    for layer in rows:
+        if layer is None:
+            table.add_row("", Text("…", style="dim"), "", "", "", "", "")
+            continue
+        style = "red" if layer["name"] in flagged else None
+        table.add_row(
+            str(layer["index"]), Text(layer["name"] or "(model)", style=style or ""), layer["type"],
+            fmt(layer.get("grad_norm")), fmt(layer.get("output_grad_norm")),
+            bar(layer.get("output_grad_norm"), scale), _notes(layer, flagged),
+        )
+    return table
+
+
+def _evidence_line(evidence: dict[str, Any]) -> str:
+    parts = []
+    for k, v in evidence.items():
+        if isinstance(v, (dict, list)):
+            if isinstance(v, list) and len(v) > 6:
+                continue   # long profiles/lists stay in the JSON report
+            if isinstance(v, dict):
+                v = ", ".join(f"{kk}={fmt(vv) if not isinstance(vv, dict) else vv}" for kk, vv in list(v.items())[:6])
+                v = "{" + v + "}"
+            else:
+                v = "[" + ", ".join(fmt(x) for x in v) + "]"
+        else:
+            v = fmt(v)
+        parts.append(f"{k}={v}")
+    return "; ".join(parts)
+
+
+def render(report: Report, out: TextIO, *, color: bool | None = None, width: int | None = None,
+           max_rows: int = 40, **_: object) -> None:
+    console = Console(file=out, width=width, force_terminal=color, no_color=(color is False),
+                      highlight=False, soft_wrap=False, emoji=False)
+    m, s, t = report.model, report.settings, report.timings
+    head = Text()
+    head.append(f"gradcheck {report.tool_version}", style="bold")
+    head.append(f"  {m['spec']}\n")
+    head.append("model  ", style="dim")
+    head.append(f"{m['class']}, {fmt(m['parameters'])} parameters ({fmt(m['trainable_parameters'])} trainable), "
+                f"{m['layers_measured']} layers measured\n")
+    head.append("batch  ", style="dim")
+    head.append(f"{s['batch']}\n")
+    head.append("loss   ", style="dim")
+    head.append(f"{s['loss']}\n")
+    head.append("run    ", style="dim")
+    head.append(f"{s['steps']} steps, seed {s['seed']}, {s['device']}; "
+                f"{t.get('total_s', 0):.2f} s (load {t.get('load_s', 0):.2f}, passes {t.get('passes_s', 0):.2f}, "
+                f"analysis {t.get('analysis_s', 0):.2f})")
+    console.print(head)
+    console.print()
+    if report.layers:
+        console.print(layer_table(report, max_rows))
+        console.print(Text("|∇W|: weight-gradient norm; |∂L/∂y|: gradient w.r.t. the layer's output; "
+                           "flow: |∂L/∂y| on a log scale.", style="dim"))
+        console.print()
+    for note in report.notes:
+        console.print(Text(f"note: {note}", style="yellow"))
+    findings = report.sorted_findings()
+    if findings:
+        console.print(Text("Findings", style="bold underline"))
+    for f in findings:
+        line = Text()
+        line.append(f"{f.severity.value.upper():7}", style=_SEV_STYLE[f.severity])
+        line.append(f" {f.code} {f.rule}", style="bold")
+        if f.layer is not None:
+            line.append(f" at {f.layer or '(model)'}")
+        body = [line, Text("  " + f.message)]
+        if f.evidence:
+            body.append(Text("  evidence: " + _evidence_line(f.evidence), style="dim"))
+        for i, fix in enumerate(f.fixes, 1):
+            body.append(Text(f"  fix {i}: {fix}", style="green"))
+        console.print(Group(*body))
+        console.print()
+    counts = report.counts()
+    summary = (f"{counts['error']} error{'s' if counts['error'] != 1 else ''}, "
+               f"{counts['warning']} warning{'s' if counts['warning'] != 1 else ''}, {counts['info']} info")
+    verdict = Text()
+    if report.verdict == "fail":
+        verdict.append("✗ FAIL", style="bold red")
+    else:
+        verdict.append("✓ PASS", style="bold green")
+    verdict.append(f"  {summary} (fail-on {report.fail_on.value}) → exit {report.exit_code}")
+    console.print(verdict)

@@ -1,0 +1,122 @@
+"""Helpers shared by rules: number formatting, depth profiles, and phrases that make fixes specific."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Iterable
+
+from gradcheck_cli import stats as S
+from gradcheck_cli.stats import LayerStats, RunStats
+
+NORM_TYPES = ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm")
+WEIGHT_TYPES = ("Linear", "Conv", "Bilinear", "Conv1D")
+
+
+def fmt(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float) and math.isnan(x):
+        return "NaN"
+    if isinstance(x, float) and math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if x == 0:
+        return "0"
+    if 1e-3 <= abs(x) < 1e4:
+        return f"{x:.3g}"
+    return f"{x:.2e}"
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def name(layer_name: str) -> str:
+    return f"`{layer_name or '(model)'}`"
+
+
+def _finite_pos(x: float | None) -> bool:
+    return x is not None and math.isfinite(x) and x > 0
+
+
+def depth_profile(stats: RunStats) -> list[LayerStats]:
+    """Layers owning parameters whose output gradient was measured, in forward (depth) order."""
+    return [l for l in stats.layers if l.role == S.PARAM and _finite_pos(l.output_grad_norm)]
+
+
+def geo_median(values: Iterable[float]) -> float:
+    logs = sorted(math.log(v) for v in values)
+    n = len(logs)
+    mid = logs[n // 2] if n % 2 else (logs[n // 2 - 1] + logs[n // 2]) / 2
+    return math.exp(mid)
+
+
+def ends(profile: list[LayerStats]) -> tuple[list[LayerStats], list[LayerStats]]:
+    """The first and last quarter of a depth profile (at least one layer each)."""
+    k = max(1, len(profile) // 4)
+    return profile[:k], profile[-k:]
+
+
+def common_prefix(names: list[str]) -> str:
+    if not names:
+        return ""
+    parts = [n.split(".") for n in names]
+    out = []
+    for group in zip(*parts):
+        if all(g == group[0] for g in group):
+            out.append(group[0])
+        else:
+            break
+    if len(names) == 1 and out:
+        out = out[:-1]
+    return ".".join(out)
+
+
+def describe_group(layers: list[LayerStats]) -> str:
+    """e.g. 'the 8 nn.Sigmoid layers in `encoder`' or 'the 2 sigmoid() calls in `model.forward`'."""
+    counts = Counter(l.type for l in layers)
+    kinds = ", ".join(f"{n} {t}" if t.endswith("()") else f"{n} nn.{t}" for t, n in counts.most_common())
+    word = "calls" if all(l.role == S.FUNCTIONAL for l in layers) else (
+        "layers" if len(layers) > 1 else "layer")
+    prefix = common_prefix([l.name for l in layers])
+    where = f" in `{prefix}`" if prefix and not prefix.startswith("(model)") else ""
+    if len(layers) == 1:
+        return f"{kinds.split(' ', 1)[1]} {name(layers[0].name)}"
+    return f"the {kinds} {word}{where}"
+
+
+def activation_layers(stats: RunStats, *kinds: str) -> list[LayerStats]:
+    return [l for l in stats.layers if l.activation in kinds]
+
+
+def has_normalization(stats: RunStats) -> bool:
+    return any(any(t in l.type for t in NORM_TYPES) for l in stats.layers)
+
+
+def weight_layers(stats: RunStats) -> list[LayerStats]:
+    return [l for l in stats.layers if l.role == S.PARAM and any(t in l.type for t in WEIGHT_TYPES)]
+
+
+def preceding_param_layer(stats: RunStats, layer: LayerStats) -> LayerStats | None:
+    best = None
+    for l in stats.layers:
+        if l.index >= layer.index:
+            break
+        if l.role == S.PARAM and l.weight_rms is not None:
+            best = l
+    return best
+
+
+def he_std(layer: LayerStats) -> float | None:
+    return math.sqrt(2.0 / layer.fan_in) if layer.fan_in else None
+
+
+def xavier_std(layer: LayerStats) -> float | None:
+    if layer.fan_in and layer.fan_out:
+        return math.sqrt(2.0 / (layer.fan_in + layer.fan_out))
+    return None
+
+
+def list_names(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(f"`{n}`" for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

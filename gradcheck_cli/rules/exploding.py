@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from gradcheck_cli import stats as S
+from gradcheck_cli.findings import Finding, Severity
+from gradcheck_cli.rules._common import (
+    depth_profile, ends, fmt, geo_median, has_normalization, he_std, name, weight_layers, xavier_std,
+)
+from gradcheck_cli.rules.base import Option, Rule, rule
+from gradcheck_cli.stats import RunStats
+
+
+@rule(
+    id="exploding-gradients",
+    code="GC102",
+    severity=Severity.WARNING,
+    options=(
+        Option("ratio", 1e3, "warn when early/late error-signal ratio is above this"),
+        Option("error_ratio", 1e6, "report an error when the ratio is above this"),
+        Option("min_layers", 3, "layers with parameters needed before depth is judged"),
+        Option("max_grad_norm", 1e3, "warn when the global gradient norm is above this"),
+        Option("time_ratio", 1e3, "recurrent layers: warn when earliest/latest per-step gradient is above this"),
+        Option("min_time_steps", 10, "recurrent layers: sequence length needed before time is judged"),
+    ),
+)
+def exploding_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
+    """The error signal grows geometrically on its way back to the first layers (or first time steps).
+
+    What it does:
+        Compares |dLoss/dOutput| over the first quarter of the layers owning parameters with the last
+        quarter (geometric medians, forward order) and fires when early/late is above `ratio` (1e3;
+        an error above `error_ratio`, 1e6). Independently it fires when the global gradient norm over
+        all parameters exceeds `max_grad_norm` (1e3), and for unidirectional recurrent layers when the
+        gradient reaching the input at the earliest 10% of time steps is more than `time_ratio` times that
+        at the latest 10%. The evidence includes each weight layer's std against its He/Xavier std.
+
+    Why it matters:
+        Factors above 1 per layer (weights too large for their fan-in) multiply into huge gradients:
+        the loss jumps around, weights blow up and eventually turn into NaN/Inf. Weight-gradient norms can
+        hide it: in a deep ReLU net with too-large init, activations grow forward while the output gradient
+        grows backward, so their product looks flat across depth while everything is astronomically large.
+
+    Example:
+        A 12-layer ReLU MLP initialised with std 0.15 at width 256 (He would be 0.088):
+        examples/exploding_deep_relu.py, early/late ratio ~1e4. A ReLU nn.RNN with W_hh = 1.15 * I over
+        100 steps: examples/rnn_exploding.py.
+
+    Fix:
+        Clip the gradient norm (torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)); initialise with
+        He/Kaiming (ReLU-family) or Glorot/Xavier (tanh/sigmoid) so each layer's gain is ~1; add
+        BatchNorm/LayerNorm; use weight decay (L2) to keep weights small; lower the learning rate; for RNNs
+        keep W_hh's largest singular value at or below 1 (orthogonal init) and clip.
+
+    References:
+        Pascanu, Mikolov & Bengio 2013; He et al. 2015; Glorot & Bengio 2010;
+        AUTOTRAINER (ICSE'21): exploding when first/last gradient ratio > 70.
+    """
+    findings: list[Finding] = []
+    profile = depth_profile(stats)
+    if len(profile) >= opts["min_layers"]:
+        early, late = ends(profile)
+        e, l = geo_median(x.output_grad_norm for x in early), geo_median(x.output_grad_norm for x in late)
+        ratio = e / l
+        if ratio > opts["ratio"]:
+            per_layer = ratio ** (1.0 / max(len(profile) - 1, 1))
+            sev = Severity.ERROR if ratio > opts["error_ratio"] else r.severity
+            first = profile[0]
+            evidence = {
+                "ratio": ratio, "threshold": opts["ratio"], "error_threshold": opts["error_ratio"],
+                "early_layers": [x.name for x in early], "early_output_grad_norm": e,
+                "late_layers": [x.name for x in late], "late_output_grad_norm": l,
+                "first_layer": first.name, "last_layer": profile[-1].name,
+                "layers_measured": len(profile), "per_layer_factor": per_layer,
+                "total_grad_norm": stats.total_grad_norm,
+            }
+            msg = (f"The error signal |dL/dy| grows {fmt(ratio)}x from the last layers back to the first "
+                   f"({fmt(l)} -> {fmt(e)}; x{per_layer:.2f} per layer over {len(profile)} layers).")
+            findings.append(r.finding(first.name, msg, evidence, _fixes(stats, evidence), sev))
+    if stats.total_grad_norm is not None and math.isfinite(stats.total_grad_norm) \
+            and stats.total_grad_norm > opts["max_grad_norm"]:
+        top = max((x for x in stats.layers if x.grad_norm is not None and math.isfinite(x.grad_norm)),
+                  key=lambda x: x.grad_norm, default=None)
+        evidence = {"total_grad_norm": stats.total_grad_norm, "max_over_steps": stats.total_grad_norm_max,
+                    "threshold": opts["max_grad_norm"],
+                    "largest_layer": top.name if top else None, "largest_layer_grad_norm": top.grad_norm if top else None}
+        msg = (f"The global gradient norm is {fmt(stats.total_grad_norm)} (threshold {fmt(opts['max_grad_norm'])})"
+               + (f", largest at {name(top.name)} ({fmt(top.grad_norm)})." if top else "."))
+        findings.append(r.finding(top.name if top else None, msg, evidence, _fixes(stats, evidence)))
+    for layer in stats.layers:
+        if (not layer.recurrent or layer.bidirectional or not layer.time_steps
+                or layer.time_steps < opts["min_time_steps"] or layer.time_grad_first_last is None):
+            continue
+        m = layer.time_grad_first_last
+        if m > opts["time_ratio"]:
+            evidence = {"time_ratio": m, "threshold": opts["time_ratio"], "time_steps": layer.time_steps,
+                        "cell": layer.recurrent, "per_step_factor": m ** (1.0 / max(layer.time_steps - 1, 1)),
+                        "profile": layer.time_grad_profile, "weight_hh_sigma_max": layer.recurrent_sigma_max}
+            sig = (f"; weight_hh_l0's largest singular value is {fmt(layer.recurrent_sigma_max)}"
+                   if layer.recurrent_sigma_max is not None else "")
+            msg = (f"The gradient reaching {name(layer.name)}'s input grows {fmt(m)}x from the latest to the "
+                   f"earliest time steps over {layer.time_steps} steps{sig}.")
+            fixes = [
+                "Clip the gradient norm before each optimizer step: "
+                "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0).",
+                f"Initialise {name(layer.name)}.weight_hh_l0 with torch.nn.init.orthogonal_ (largest singular "
+                "value 1) or scale it below 1.",
+            ]
+            if layer.recurrent == "RNN":
+                fixes.append(f"Replace nn.RNN {name(layer.name)} with nn.LSTM or nn.GRU.")
+            findings.append(r.finding(layer.name, msg, evidence, fixes))
+    return findings
+
+
+def _fixes(stats: RunStats, evidence: dict[str, Any]) -> list[str]:
+    fixes = ["Clip the gradient norm before each optimizer step: "
+             "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)."]
+    big = []
+    for w in weight_layers(stats):
+        relu_like = any(x.activation == S.RELU for x in stats.layers)
+        ref = he_std(w) if relu_like else xavier_std(w)
+        if w.weight_rms and ref and w.weight_rms > 1.25 * ref:
+            big.append((w, w.weight_rms / ref, "He" if relu_like else "Xavier"))
+    if big:
+        w, factor, init = big[0]
+        evidence["oversized_weights"] = {b[0].name: b[1] for b in big}
+        fn = "kaiming_normal_(w, nonlinearity='relu')" if init == "He" else "xavier_normal_(w)"
+        fixes.append(f"Re-initialise the {len(big)} weight layers whose std exceeds {init} init "
+                     f"(e.g. {name(w.name)}: std {fmt(w.weight_rms)} = {factor:.1f}x the {init} std) with "
+                     f"torch.nn.init.{fn}.")
+    else:
+        fixes.append("Initialise weights with torch.nn.init.kaiming_normal_ (ReLU-family) or xavier_normal_ "
+                     "(tanh/sigmoid) so each layer's gain is about 1.")
+    if not has_normalization(stats):
+        fixes.append("Add nn.BatchNorm1d/2d or nn.LayerNorm after the weight layers to keep activations "
+                     "and gradients at unit scale.")
+    fixes.append("Add weight decay (L2) to the optimizer and lower the learning rate.")
+    return fixes
+
+
+RULE = exploding_gradients

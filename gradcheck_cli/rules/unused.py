@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from gradcheck_cli.findings import Finding, Severity
+from gradcheck_cli.rules._common import list_names
+from gradcheck_cli.rules.base import Rule, rule
+from gradcheck_cli.stats import RunStats
+
+
+def _by_module(names: list[str]) -> "OrderedDict[str, list[str]]":
+    groups: OrderedDict[str, list[str]] = OrderedDict()
+    for n in names:
+        groups.setdefault(n.rsplit(".", 1)[0] if "." in n else "(model)", []).append(n)
+    return groups
+
+
+@rule(id="unused-parameters", code="GC106", severity=Severity.WARNING)
+def unused_parameters(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
+    """Trainable parameters that never receive a gradient (or only an exactly-zero one).
+
+    What it does:
+        Lists parameters with requires_grad=True for which autograd returned no gradient in any pass
+        (the loss does not depend on them: the layer is never called, its output is discarded or
+        detached), and, separately, parameters whose gradient was exactly zero in every pass.
+
+    Why it matters:
+        They cost memory and optimizer state and never train. Often it is a bug: a layer defined in
+        __init__ but skipped in forward, an output computed and dropped, a stray .detach(). Under
+        DistributedDataParallel an unused parameter makes the backward pass fail unless
+        find_unused_parameters=True (which costs time on every step).
+
+    Example:
+        examples/unused_parameters.py defines `aux_head` and never calls it.
+
+    Fix:
+        Use the layer in forward, or remove it from __init__; if it is intentionally idle (a head for
+        another task), freeze it with requires_grad_(False); remove stray .detach()/torch.no_grad() on the
+        path to the loss; for an exactly-zero gradient, look for dead ReLUs or a multiplication by zero
+        upstream.
+
+    References:
+        PyTorch DistributedDataParallel documentation, find_unused_parameters.
+    """
+    out = []
+    if stats.unused_parameters:
+        groups = _by_module(stats.unused_parameters)
+        mods = list(groups)
+        n = len(stats.unused_parameters)
+        msg = (f"{n} trainable parameter{'s' if n > 1 else ''} in {len(mods)} module{'s' if len(mods) > 1 else ''} "
+               f"({list_names(mods)}) never receive a gradient: the loss does not depend on them.")
+        fixes = [f"Use {list_names(mods)} in forward, or remove {'them' if len(mods) > 1 else 'it'} from __init__.",
+                 f"If {'they are' if len(mods) > 1 else 'it is'} intentionally unused, freeze with "
+                 f"model.{mods[0] if mods[0] != '(model)' else ''}.requires_grad_(False)".replace("model..", "model.")
+                 + " so optimizers and DistributedDataParallel skip it.",
+                 "Check for .detach(), torch.no_grad() or .item() on the path from these layers to the loss."]
+        out.append(r.finding(mods[0], msg, {"parameters": stats.unused_parameters, "modules": mods}, fixes))
+    if stats.zero_grad_parameters:
+        groups = _by_module(stats.zero_grad_parameters)
+        mods = list(groups)
+        n = len(stats.zero_grad_parameters)
+        msg = (f"{n} trainable parameter{'s' if n > 1 else ''} in {list_names(mods)} receive an exactly-zero "
+               f"gradient in every pass.")
+        fixes = ["Look upstream for dead ReLUs (see dead-relus) or a multiplication by zero that cuts the gradient.",
+                 f"If {list_names(mods)} should not train, freeze it with requires_grad_(False)."]
+        out.append(r.finding(mods[0], msg, {"parameters": stats.zero_grad_parameters, "modules": mods}, fixes))
+    return out
+
+
+RULE = unused_parameters

@@ -1,0 +1,115 @@
+"""Per-layer statistics for a whole run: plain Python data, no tensors (so rules never touch torch)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Activation families, as recorded in LayerStats.activation.
+SIGMOID = "sigmoid"
+TANH = "tanh"
+RELU = "relu"            # ReLU-family units that output exactly 0 for negative inputs (can die)
+OTHER_ACT = "other"      # smooth or leaky activations (GELU, SiLU, LeakyReLU, ...)
+
+# Roles.
+PARAM = "param"              # a module owning parameters
+ACTIVATION = "activation"    # a parameter-free activation module
+FUNCTIONAL = "functional"    # torch.sigmoid / torch.tanh / F.relu called inside some module's forward
+MODEL = "model"              # the model itself (its output), when it owns no parameters directly
+
+
+@dataclass
+class LayerStats:
+    index: int                          # forward order of first call (depth order)
+    name: str                           # qualified module name; "" is the model itself
+    type: str                           # class name, e.g. "Linear", or "sigmoid()" for functional calls
+    role: str                           # PARAM | ACTIVATION | FUNCTIONAL
+    activation: str | None = None       # SIGMOID | TANH | RELU | OTHER_ACT | None
+    recurrent: str | None = None        # "RNN" | "LSTM" | "GRU" | None
+    params: int = 0                     # number of parameter elements owned directly
+    trainable_params: int = 0
+    calls: int = 0                      # forward calls per step (averaged)
+    weight_norm: float | None = None    # L2 norm of the module's own trainable parameters
+    weight_rms: float | None = None     # RMS of its `.weight` (compare with the init's std)
+    fan_in: int | None = None           # of `.weight` (Linear/Conv: in_features * kernel size)
+    fan_out: int | None = None
+    bias_mean: float | None = None      # mean of its `.bias`
+    recurrent_sigma_max: float | None = None   # nn.RNN: largest singular value of weight_hh_l0
+    grad_norm: float | None = None      # L2 norm of their gradient, mean over steps
+    grad_norm_max: float | None = None
+    output_norm: float | None = None    # L2 norm of the output, mean over steps
+    output_grad_norm: float | None = None      # L2 norm of dLoss/dOutput (the error signal), mean over steps
+    output_grad_norm_max: float | None = None
+    saturated_fraction: float | None = None    # sigmoid/tanh: share of outputs whose derivative < 1% of max
+    units: int | None = None            # ReLU-family: units (features, or channels for convolutions)
+    dead_units: int | None = None       # ... that were 0 for every example of every pass
+    nonfinite_outputs: int = 0          # NaN/Inf values in the output (forward), summed over steps
+    nonfinite_output_grads: int = 0     # NaN/Inf values in dLoss/dOutput (backward), summed over steps
+    nonfinite_param_grads: int = 0      # parameters of this module whose gradient had a NaN/Inf
+    time_steps: int | None = None       # recurrent: sequence length seen
+    bidirectional: bool | None = None
+    time_grad_profile: list[float] | None = None  # recurrent: |dLoss/dInput_t| per time step (<= 64 points)
+    time_grad_first_last: float | None = None     # recurrent: mean of earliest 10% / latest 10% steps
+    time_grad_min_max: float | None = None        # recurrent: smallest / largest per-step norm
+
+    @property
+    def dead_fraction(self) -> float | None:
+        if self.units in (None, 0) or self.dead_units is None:
+            return None
+        return self.dead_units / self.units
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["dead_fraction"] = self.dead_fraction
+        return d
+
+
+@dataclass
+class RunStats:
+    layers: list[LayerStats]
+    steps: int
+    losses: list[float]
+    parameters: int = 0
+    trainable_parameters: int = 0
+    total_grad_norm: float | None = None        # global gradient norm, mean over steps
+    total_grad_norm_max: float | None = None
+    input_nonfinite: int = 0                    # NaN/Inf values in the inputs themselves
+    first_nonfinite_forward: str | None = None  # first layer (forward order) with a NaN/Inf output
+    first_nonfinite_backward: str | None = None  # first layer (backward order) with a NaN/Inf output gradient
+    unused_parameters: list[str] = field(default_factory=list)     # trainable, never received a gradient
+    zero_grad_parameters: list[str] = field(default_factory=list)  # gradient exactly 0 in every step
+    # Watched operations (log, exp, sqrt, div, pow, ...) whose output or output gradient had NaN/Inf:
+    # {op, file, line, module, label, forward_nonfinite, backward_nonfinite}
+    nonfinite_ops: list[dict[str, Any]] = field(default_factory=list)
+
+    def origin(self, label: str | None) -> tuple[str | None, Any]:
+        """Resolve first_nonfinite_* to ("layer", LayerStats) or ("op", dict) or (None, None)."""
+        if label is None:
+            return None, None
+        layer = self.layer(label)
+        if layer is not None:
+            return "layer", layer
+        for op in self.nonfinite_ops:
+            if op.get("label") == label:
+                return "op", op
+        return None, None
+
+    def layer(self, name: str) -> LayerStats | None:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["layers"] = [layer.to_dict() for layer in self.layers]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunStats":
+        d = dict(d)
+        layers = []
+        for ld in d.pop("layers", []):
+            ld = {k: v for k, v in ld.items() if k != "dead_fraction"}
+            layers.append(LayerStats(**ld))
+        return cls(layers=layers, **d)
