@@ -9,7 +9,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 
 def build():
-    return GPT2LMHeadModel(GPT2Config(n_layer=4, n_embd=256, n_head=4, n_positions=128, vocab_size=8000))
+    return GPT2LMHeadModel(GPT2Config(n_layer=4, n_embd=256, n_head=4, n_positions=128, vocab_size=8000,
+                                      bos_token_id=0, eos_token_id=0))
 
 
 def build_124m():

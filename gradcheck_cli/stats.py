@@ -38,13 +38,14 @@ class LayerStats:
     grad_norm: float | None = None      # L2 norm of their gradient, mean over steps
     grad_norm_max: float | None = None
     output_norm: float | None = None    # L2 norm of the output, mean over steps
+    output_abs_max: float | None = None  # largest finite |value| in the output over all steps
     output_grad_norm: float | None = None      # L2 norm of dLoss/dOutput (the error signal), mean over steps
     output_grad_norm_max: float | None = None
     saturated_fraction: float | None = None    # sigmoid/tanh: share of outputs whose derivative < 1% of max
     units: int | None = None            # ReLU-family: units (features, or channels for convolutions)
     dead_units: int | None = None       # ... that were 0 for every example of every pass
-    nonfinite_outputs: int = 0          # NaN/Inf values in the output (forward), summed over steps
-    nonfinite_output_grads: int = 0     # NaN/Inf values in dLoss/dOutput (backward), summed over steps
+    nonfinite_outputs: int = 0          # forward calls (over all steps) whose output held NaN/Inf
+    nonfinite_output_grads: int = 0     # backward calls whose dLoss/dOutput held NaN/Inf
     nonfinite_param_grads: int = 0      # parameters of this module whose gradient had a NaN/Inf
     time_steps: int | None = None       # recurrent: sequence length seen
     bidirectional: bool | None = None
@@ -79,7 +80,7 @@ class RunStats:
     unused_parameters: list[str] = field(default_factory=list)     # trainable, never received a gradient
     zero_grad_parameters: list[str] = field(default_factory=list)  # gradient exactly 0 in every step
     # Watched operations (log, exp, sqrt, div, pow, ...) whose output or output gradient had NaN/Inf:
-    # {op, file, line, module, label, forward_nonfinite, backward_nonfinite}
+    # {op, file, line, module, label, forward_nonfinite, backward_nonfinite}: counts of calls with NaN/Inf
     nonfinite_ops: list[dict[str, Any]] = field(default_factory=list)
 
     def origin(self, label: str | None) -> tuple[str | None, Any]:

@@ -68,12 +68,14 @@ def bar(value: Any, scale: tuple[float, float], width: int = BAR_WIDTH) -> str:
 
 def _notes(layer: dict[str, Any], flagged: dict[str, list[str]]) -> str:
     parts = []
-    if layer.get("saturated_fraction") is not None:
+    if layer.get("saturated_fraction"):
         parts.append(f"sat {100 * layer['saturated_fraction']:.0f}%")
-    if layer.get("units"):
+    if layer.get("dead_units"):
         parts.append(f"dead {layer['dead_units']}/{layer['units']}")
-    if layer.get("nonfinite_outputs") or layer.get("nonfinite_output_grads"):
-        parts.append(f"NaN/Inf {layer['nonfinite_outputs'] + layer['nonfinite_output_grads']}")
+    if layer.get("nonfinite_outputs"):
+        parts.append("NaN/Inf out")
+    if layer.get("nonfinite_output_grads"):
+        parts.append("NaN/Inf grad")
     if layer.get("time_steps"):
         key = "time_grad_min_max" if layer.get("bidirectional") else "time_grad_first_last"
         parts.append(f"T={layer['time_steps']} first/last {fmt(layer.get(key))}")

@@ -96,13 +96,13 @@ def _origin(kind: str | None, obj: Any, phase: str) -> tuple[str, str | None, di
     if kind == "layer":
         count = obj.nonfinite_outputs if phase == "forward" else obj.nonfinite_output_grads
         return (f"in the {'output' if phase == 'forward' else 'gradient'} of {name(obj.name)} ({obj.type})",
-                obj.name, {f"first_nonfinite_{phase}": obj.name, "nonfinite_values": count})
+                obj.name, {f"first_nonfinite_{phase}": obj.name, "nonfinite_calls": count})
     if kind == "op":
         count = obj["forward_nonfinite"] if phase == "forward" else obj["backward_nonfinite"]
         module = None if obj["module"] == "(model)" else obj["module"]
         return (f"at {obj['label']}", module,
                 {f"first_nonfinite_{phase}": obj["label"], "op": obj["op"], "file": obj["file"],
-                 "line": obj["line"], "nonfinite_values": count})
+                 "line": obj["line"], "nonfinite_calls": count})
     return "", None, {}
 
 

@@ -4,7 +4,8 @@ from collections import OrderedDict
 from typing import Any
 
 from gradcheck_cli.findings import Finding, Severity
-from gradcheck_cli.rules._common import list_names
+from gradcheck_cli import stats as S
+from gradcheck_cli.rules._common import list_names, name
 from gradcheck_cli.rules.base import Rule, rule
 from gradcheck_cli.stats import RunStats
 
@@ -50,10 +51,10 @@ def unused_parameters(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Fi
         n = len(stats.unused_parameters)
         msg = (f"{n} trainable parameter{'s' if n > 1 else ''} in {len(mods)} module{'s' if len(mods) > 1 else ''} "
                f"({list_names(mods)}) never receive a gradient: the loss does not depend on them.")
+        target = "model" if mods[0] == "(model)" else f"model.{mods[0]}"
         fixes = [f"Use {list_names(mods)} in forward, or remove {'them' if len(mods) > 1 else 'it'} from __init__.",
                  f"If {'they are' if len(mods) > 1 else 'it is'} intentionally unused, freeze with "
-                 f"model.{mods[0] if mods[0] != '(model)' else ''}.requires_grad_(False)".replace("model..", "model.")
-                 + " so optimizers and DistributedDataParallel skip it.",
+                 f"{target}.requires_grad_(False) so optimizers and DistributedDataParallel skip it.",
                  "Check for .detach(), torch.no_grad() or .item() on the path from these layers to the loss."]
         out.append(r.finding(mods[0], msg, {"parameters": stats.unused_parameters, "modules": mods}, fixes))
     if stats.zero_grad_parameters:
@@ -62,9 +63,15 @@ def unused_parameters(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Fi
         n = len(stats.zero_grad_parameters)
         msg = (f"{n} trainable parameter{'s' if n > 1 else ''} in {list_names(mods)} receive an exactly-zero "
                f"gradient in every pass.")
+        dead = [l for l in stats.layers if l.activation == S.RELU and l.dead_fraction == 1.0]
+        severity = None
+        if dead:   # the cause is reported by dead-relus; keep this as context, not a second failure
+            msg = msg[:-1] + f", because every unit of {name(dead[0].name)} is dead (see dead-relus)."
+            severity = Severity.INFO
         fixes = ["Look upstream for dead ReLUs (see dead-relus) or a multiplication by zero that cuts the gradient.",
                  f"If {list_names(mods)} should not train, freeze it with requires_grad_(False)."]
-        out.append(r.finding(mods[0], msg, {"parameters": stats.zero_grad_parameters, "modules": mods}, fixes))
+        out.append(r.finding(mods[0], msg, {"parameters": stats.zero_grad_parameters, "modules": mods}, fixes,
+                             severity))
     return out
 
 

@@ -1,0 +1,225 @@
+"""More models for threshold calibration (benchmarks/calibrate.py): clearly broken variants of each
+kind beyond the bundled examples. Each factory takes no arguments."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _mlp(dims, act, std=None, bias=None):
+    layers = []
+    for i, (a, b) in enumerate(zip(dims, dims[1:])):
+        lin = nn.Linear(a, b)
+        if std is not None:
+            nn.init.normal_(lin.weight, std=std)
+        if bias is not None:
+            nn.init.constant_(lin.bias, bias)
+        layers.append(lin)
+        if i < len(dims) - 2:
+            layers.append(act())
+    return nn.Sequential(*layers)
+
+
+# --- vanishing -------------------------------------------------------------------------------------------
+def nielsen_sigmoid_4hidden():
+    """Nielsen ch. 5: [784, 30, 30, 30, 30, 10] sigmoid net, default init."""
+    return _mlp([784, 30, 30, 30, 30, 10], nn.Sigmoid)
+
+
+def nielsen_sigmoid_4hidden_gaussian():
+    """Nielsen's own init: N(0, 1) weights and biases, as in the book's measurement."""
+    m = _mlp([784, 30, 30, 30, 30, 10], nn.Sigmoid)
+    for p in m.parameters():
+        nn.init.normal_(p, std=1.0)
+    return m
+
+
+def deep_tanh_small_init():
+    """8 tanh layers, weights N(0, 0.01): each layer multiplies the signal by ~0.16."""
+    return _mlp([128] + [256] * 8 + [10], nn.Tanh, std=0.01)
+
+
+def deep_relu_default_init_20():
+    """20-layer plain ReLU MLP with PyTorch's default init (no normalisation, no skips)."""
+    return _mlp([128] + [256] * 20 + [10], nn.ReLU)
+
+
+class SigmoidCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        chans = [3, 32, 32, 32, 32, 32, 32, 32, 32]
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(chans, chans[1:]))
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        for c in self.convs:
+            x = torch.sigmoid(c(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def sigmoid_cnn():
+    return SigmoidCNN()
+
+
+# --- exploding -------------------------------------------------------------------------------------------
+class PlainCNN(nn.Module):
+    def __init__(self, gain=2.0, depth=10):
+        super().__init__()
+        chans = [3] + [32] * depth
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(chans, chans[1:]))
+        for c in self.convs:
+            nn.init.kaiming_normal_(c.weight, nonlinearity="relu")
+            c.weight.data *= gain
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        for c in self.convs:
+            x = F.relu(c(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def plain_cnn_init_x2():
+    """10 conv layers, ReLU, no BatchNorm, He init times 2."""
+    return PlainCNN(gain=2.0)
+
+
+def mlp_orthogonal_gain3():
+    m = _mlp([64] + [128] * 10 + [10], nn.ReLU)
+    for mod in m:
+        if isinstance(mod, nn.Linear):
+            nn.init.orthogonal_(mod.weight, gain=3.0)
+    return m
+
+
+class ReluRNNOrthogonal(nn.Module):
+    """A ReLU nn.RNN whose weight_hh is orthogonal times `gain` (ReLU halves the active units, so gain 1.2
+    still vanishes through time; gain 2.0 explodes)."""
+
+    def __init__(self, gain):
+        super().__init__()
+        self.rnn = nn.RNN(8, 64, nonlinearity="relu", batch_first=True)
+        nn.init.orthogonal_(self.rnn.weight_hh_l0, gain=gain)
+        self.head = nn.Linear(64, 3)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+def relu_rnn_orthogonal_1_2():
+    return ReluRNNOrthogonal(1.2)
+
+
+def relu_rnn_orthogonal_2():
+    return ReluRNNOrthogonal(2.0)
+
+
+# --- non-finite ------------------------------------------------------------------------------------------
+class ZeroStd(nn.Module):
+    """Standardises features with x.std() but no epsilon; one feature is constant -> 0/0."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = x.clone()
+        x[:, 0] = 1.0
+        x = (x - x.mean(0)) / x.std(0)
+        return self.head(F.relu(self.fc(x)))
+
+
+def zero_std_division():
+    return ZeroStd()
+
+
+class ExpOverflow(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 8)
+
+    def forward(self, x):
+        return torch.exp(self.fc(x) * 200.0)
+
+
+def exp_overflow():
+    return ExpOverflow()
+
+
+# --- saturation ------------------------------------------------------------------------------------------
+class RawPixels(nn.Module):
+    """Unnormalised 0-255 pixels into a sigmoid layer (functional torch.sigmoid)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(784, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = (x.abs() * 100.0).clamp(0, 255)
+        return self.fc2(torch.sigmoid(self.fc1(x)))
+
+
+def raw_pixels_sigmoid():
+    return RawPixels()
+
+
+def tanh_big_init_conv():
+    layers, chans = [], [3, 32, 32, 32]
+    for a, b in zip(chans, chans[1:]):
+        c = nn.Conv2d(a, b, 3, padding=1)
+        nn.init.normal_(c.weight, std=1.0)
+        layers += [c, nn.Tanh()]
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+
+# --- dead ReLUs ------------------------------------------------------------------------------------------
+class DeadConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.c2 = nn.Conv2d(32, 32, 3, padding=1)
+        nn.init.constant_(self.c2.bias, -5.0)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.relu(self.c1(x))
+        x = F.relu(self.c2(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def dead_conv_functional():
+    return DeadConv()
+
+
+def dead_relu_large_lr_step():
+    """A healthy He-init MLP after one SGD step with lr=50 on a big gradient (biases pushed negative)."""
+    torch.manual_seed(0)
+    m = _mlp([64, 128, 128, 10], nn.ReLU)
+    for mod in m:
+        if isinstance(mod, nn.Linear):
+            nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+    x = torch.randn(256, 64)
+    loss = m(x).pow(2).mean() * 100   # pushes activations down
+    loss.backward()
+    with torch.no_grad():
+        for p in m.parameters():
+            p -= 50.0 * p.grad
+            p.grad = None
+    return m
+
+
+# --- unused ----------------------------------------------------------------------------------------------
+class DetachedBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 16)
+        self.b = nn.Linear(16, 16)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.head(torch.cat([self.a(x), self.b(x).detach()], dim=-1))
+
+
+def detached_branch():
+    return DetachedBranch()
