@@ -11,7 +11,7 @@ from typing import Any
 from gradcheck_cli import __version__
 from gradcheck_cli.config import RuleSettings, Settings
 from gradcheck_cli.errors import InputError
-from gradcheck_cli.findings import Finding, Report
+from gradcheck_cli.findings import FailOn, Finding, Report
 from gradcheck_cli.rules import RULES
 from gradcheck_cli.stats import RunStats
 
@@ -46,14 +46,21 @@ def run_check(s: Settings) -> Report:
 
     device = resolve_device(s.device)
     loss_fn = losses.resolve(s.loss)
-    model = loading.build_model(loading.load_object(s.model, what="model"), s.model)
+    import torch
+
+    # Seed the model's construction too, so a run (and a CI gate) is reproducible; fork_rng leaves the
+    # caller's global RNG state as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(s.seed)
+        model = loading.build_model(loading.load_object(s.model, what="model"), s.model)
     source = batches.make_batch_source(s.batch, s.input_shape, model, s.seed)
     t1 = time.perf_counter()
     result = collect.run_passes(model, source, loss_fn, steps=s.steps, seed=s.seed, device=device)
     t2 = time.perf_counter()
     findings = apply_rules(result.stats, s.rules)
-    stats = result.stats
     t3 = time.perf_counter()
+    timings = {"load_s": round(t1 - t0, 4), "passes_s": round(t2 - t1, 4),
+               "analysis_s": round(t3 - t2, 4), "total_s": round(t3 - t0, 4)}
     settings: dict[str, Any] = {
         "steps": s.steps, "seed": s.seed, "device": str(device), "batch": source.description,
         "input_shape": list(getattr(source, "shape", ()) or []) or None,
@@ -61,17 +68,24 @@ def run_check(s: Settings) -> Report:
         "rules": {rid: {"enabled": rs.enabled, "severity": rs.severity.value if rs.severity else None,
                         **rs.options} for rid, rs in s.rules.items()},
     }
+    return make_report(result.stats, findings, spec=s.model, model_class=type(model).__name__,
+                       settings=settings, fail_on=s.fail_on, timings=timings, notes=result.notes)
+
+
+def make_report(stats: RunStats, findings: list[Finding], *, spec: str, model_class: str,
+                settings: dict[str, Any], fail_on: FailOn, timings: dict[str, float],
+                notes: list[str] | None = None) -> Report:
+    """The finished report: everything a renderer needs, as plain data."""
     run = {k: v for k, v in stats.to_dict().items() if k != "layers"}
     return Report(
         tool_version=__version__,
-        model={"spec": s.model, "class": type(model).__name__, "parameters": stats.parameters,
+        model={"spec": spec, "class": model_class, "parameters": stats.parameters,
                "trainable_parameters": stats.trainable_parameters, "layers_measured": len(stats.layers)},
         settings=settings,
         layers=[layer.to_dict() for layer in stats.layers],
         run=run,
         findings=findings,
-        fail_on=s.fail_on,
-        timings={"load_s": round(t1 - t0, 4), "passes_s": round(t2 - t1, 4),
-                 "analysis_s": round(t3 - t2, 4), "total_s": round(t3 - t0, 4)},
-        notes=result.notes,
+        fail_on=fail_on,
+        timings=timings,
+        notes=list(notes or []),
     )

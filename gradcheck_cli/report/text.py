@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any, TextIO
 
-from rich.console import Console, Group
+from rich.console import Console
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -134,20 +135,26 @@ def layer_table(report: Report, max_rows: int) -> Table:
     return table
 
 
+def _evidence_value(v: Any) -> str | None:
+    if isinstance(v, dict):
+        items = list(v.items())
+        inner = ", ".join(
+            f"{k}: " + ("/".join(fmt(x) for x in vv.values()) if isinstance(vv, dict) else fmt(vv))
+            for k, vv in items[:6])
+        return "{" + inner + (", …" if len(items) > 6 else "") + "}"
+    if isinstance(v, list):
+        if len(v) > 6:
+            return None   # long profiles and lists stay in the JSON report
+        return "[" + ", ".join(fmt(x) for x in v) + "]"
+    return fmt(v)
+
+
 def _evidence_line(evidence: dict[str, Any]) -> str:
     parts = []
     for k, v in evidence.items():
-        if isinstance(v, (dict, list)):
-            if isinstance(v, list) and len(v) > 6:
-                continue   # long profiles/lists stay in the JSON report
-            if isinstance(v, dict):
-                v = ", ".join(f"{kk}={fmt(vv) if not isinstance(vv, dict) else vv}" for kk, vv in list(v.items())[:6])
-                v = "{" + v + "}"
-            else:
-                v = "[" + ", ".join(fmt(x) for x in v) + "]"
-        else:
-            v = fmt(v)
-        parts.append(f"{k}={v}")
+        text = _evidence_value(v)
+        if text is not None:
+            parts.append(f"{k}={text}")
     return "; ".join(parts)
 
 
@@ -188,12 +195,16 @@ def render(report: Report, out: TextIO, *, color: bool | None = None, width: int
         line.append(f" {f.code} {f.rule}", style="bold")
         if f.layer is not None:
             line.append(f" at {f.layer or '(model)'}")
-        body = [line, Text("  " + f.message)]
+        console.print(line)
+        grid = Table.grid(padding=(0, 1), pad_edge=False)
+        grid.add_column(no_wrap=True, style="dim", min_width=8)
+        grid.add_column(overflow="fold")
+        grid.add_row("", Text(f.message))
         if f.evidence:
-            body.append(Text("  evidence: " + _evidence_line(f.evidence), style="dim"))
+            grid.add_row("evidence", Text(_evidence_line(f.evidence), style="dim"))
         for i, fix in enumerate(f.fixes, 1):
-            body.append(Text(f"  fix {i}: {fix}", style="green"))
-        console.print(Group(*body))
+            grid.add_row(f"fix {i}", Text(fix, style="green"))
+        console.print(Padding(grid, (0, 0, 0, 2)))
         console.print()
     counts = report.counts()
     summary = (f"{counts['error']} error{'s' if counts['error'] != 1 else ''}, "

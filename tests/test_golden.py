@@ -1,0 +1,96 @@
+"""Golden-output tests for the terminal and JSON reports.
+
+The statistics are built by hand (no torch, no timing), so the output is byte-for-byte stable across
+machines. After an intended change to a renderer or a rule message, regenerate and review the diff:
+
+    GRADCHECK_UPDATE_GOLDEN=1 python -m pytest tests/test_golden.py
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from gradcheck_cli import stats as S
+from gradcheck_cli.findings import FailOn
+from gradcheck_cli.pipeline import apply_rules, make_report
+from gradcheck_cli.report import render
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("GRADCHECK_UPDATE_GOLDEN") == "1"
+
+
+def broken_stats() -> S.RunStats:
+    """A 5-layer sigmoid MLP that vanishes, saturates at the end, with an unused head."""
+    layers = []
+    g = 1e-8
+    for i in range(5):
+        layers.append(S.LayerStats(index=2 * i, name=f"net.{2 * i}", type="Linear", role=S.PARAM, params=4160,
+                                   trainable_params=4160, calls=1, weight_norm=4.6, weight_rms=0.072, fan_in=64,
+                                   fan_out=64, bias_mean=0.01, grad_norm=g * 2.1, output_norm=5.0,
+                                   output_grad_norm=g, output_abs_max=3.2))
+        layers.append(S.LayerStats(index=2 * i + 1, name=f"net.{2 * i + 1}", type="Sigmoid", role=S.ACTIVATION,
+                                   activation=S.SIGMOID, calls=1, output_norm=11.0, output_grad_norm=g * 4,
+                                   saturated_fraction=0.72 if i == 4 else 0.0, output_abs_max=0.99))
+        g *= 30.0
+    layers.append(S.LayerStats(index=10, name="aux", type="Linear", role=S.PARAM, params=650, trainable_params=650,
+                               weight_norm=1.2, weight_rms=0.07, fan_in=64, fan_out=10))
+    return S.RunStats(layers=layers, steps=3, losses=[2.31, 2.29, 2.33], parameters=21450,
+                      trainable_parameters=21450, total_grad_norm=0.043, total_grad_norm_max=0.05,
+                      unused_parameters=["aux.weight", "aux.bias"])
+
+
+def healthy_stats() -> S.RunStats:
+    layers = [S.LayerStats(index=i, name=f"fc{i}", type="Linear", role=S.PARAM, params=1000, trainable_params=1000,
+                           calls=1, weight_norm=3.0, weight_rms=0.09, fan_in=256, fan_out=256, grad_norm=0.2,
+                           output_norm=9.0, output_grad_norm=0.05 * (1.1 ** i)) for i in range(4)]
+    return S.RunStats(layers=layers, steps=3, losses=[1.0, 0.9, 1.1], parameters=4000, trainable_parameters=4000,
+                      total_grad_norm=0.4, total_grad_norm_max=0.45)
+
+
+def build(stats: S.RunStats, spec: str):
+    findings = apply_rules(stats, {})
+    settings = {"steps": 3, "seed": 0, "device": "cpu", "batch": "synthetic N(0,1) 8x64",
+                "input_shape": [8, 64], "loss": "cross-entropy (synthetic targets)", "fail_on": "warning",
+                "config": None, "rules": {}}
+    return make_report(stats, findings, spec=spec, model_class="Net", settings=settings,
+                       fail_on=FailOn.WARNING, timings={"load_s": 0.5, "passes_s": 0.25, "analysis_s": 0.01,
+                                                        "total_s": 0.76})
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if UPDATE:
+        path.write_text(text, encoding="utf-8")
+    assert path.exists(), f"missing golden file {path}; run with GRADCHECK_UPDATE_GOLDEN=1"
+    assert text == path.read_text(encoding="utf-8"), f"{name} differs; regenerate if intended"
+
+
+@pytest.mark.parametrize("case,stats_fn", [("broken", broken_stats), ("healthy", healthy_stats)])
+def test_text_golden(case, stats_fn):
+    out = io.StringIO()
+    render(build(stats_fn(), f"model_{case}.py:build"), "text", out, color=False, width=80)
+    text = out.getvalue()
+    assert "\x1b[" not in text                     # no colour codes when not a terminal
+    assert max(len(line) for line in text.splitlines()) <= 80
+    check_golden(f"{case}.txt", text)
+
+
+@pytest.mark.parametrize("case,stats_fn", [("broken", broken_stats), ("healthy", healthy_stats)])
+def test_json_golden(case, stats_fn):
+    out = io.StringIO()
+    render(build(stats_fn(), f"model_{case}.py:build"), "json", out)
+    doc = json.loads(out.getvalue())
+    assert doc["schema_version"] == 1
+    check_golden(f"{case}.json", out.getvalue())
+
+
+def test_broken_golden_has_each_expected_finding():
+    report = build(broken_stats(), "m.py:build")
+    rules = {f.rule for f in report.findings}
+    assert {"vanishing-gradients", "saturated-activations", "unused-parameters"} <= rules
+    assert report.exit_code == 1
+    assert build(healthy_stats(), "m.py:build").exit_code == 0
