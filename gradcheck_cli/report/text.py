@@ -69,8 +69,9 @@ def bar(value: Any, scale: tuple[float, float], width: int = BAR_WIDTH) -> str:
 
 def _notes(layer: dict[str, Any], flagged: dict[str, list[str]]) -> str:
     parts = []
-    if layer.get("saturated_fraction"):
-        parts.append(f"sat {100 * layer['saturated_fraction']:.0f}%")
+    sat = layer.get("saturated_fraction")
+    if sat:
+        parts.append(f"sat {100 * sat:.0f}%" if sat >= 0.005 else "sat <1%")
     if layer.get("dead_units"):
         parts.append(f"dead {layer['dead_units']}/{layer['units']}")
     if layer.get("nonfinite_outputs"):
