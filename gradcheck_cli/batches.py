@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -216,10 +217,7 @@ def load_batch_file(path: Path) -> Batch:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle refused, corrupt, truncated
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"cannot read batch file {path}: {first[:300]}",
-                             hint="save plain tensors/tuples/dicts with torch.save; objects needing "
-                                  "code to unpickle are refused (weights_only=True)") from None
+            raise _load_error(path, exc) from None
         return to_batch(obj, where)
     if suffix in (".npz", ".npy"):
         try:
@@ -243,6 +241,23 @@ def load_batch_file(path: Path) -> Batch:
         return to_batch(arrays, where)
     raise InputError(f"unsupported batch file type {suffix!r}: {path}",
                      hint="use .pt/.pth, .npz, .npy, or a file.py:NAME callable")
+
+
+def _load_error(path: Path, exc: Exception) -> InputError:
+    """A one-line reason from torch.load's long message: a refused pickled object, or a damaged file."""
+    text = str(exc)
+    m = re.search(r"unsupported GLOBAL ([\w.]+)", text) or re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if m:
+        return InputError(f"refused batch file {path}: it holds a pickled Python object ({m.group(1)}) that needs "
+                          "code to load, and gradcheck loads with weights_only=True",
+                          hint="save plain tensors, tuples, lists or dicts of tensors with torch.save")
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    detail = next((l for l in lines if l.startswith(("Unsupported", "invalid", "PytorchStreamReader", "EOF"))),
+                  lines[-1] if lines else type(exc).__name__)
+    if "WeightsUnpickler" in text or "weights_only" in text:
+        detail = next((l for l in lines if "Unsupported operand" in l or "invalid load key" in l), detail)
+    return InputError(f"cannot read batch file {path}: not a valid torch.save file ({detail[:160]})",
+                      hint="re-create it with torch.save(batch, path); .npz/.npy and file.py:NAME also work")
 
 
 def make_batch_source(spec: str | None, input_shape: tuple[int, ...] | None, model: nn.Module, seed: int):

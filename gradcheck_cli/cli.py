@@ -111,6 +111,7 @@ def check(
             "format": format.value if format else None, "output": str(output) if output else None,
             "fail_on": fail_on, "seed": seed, "device": device.value if device else None, "max_rows": max_rows,
         }, config)
+        _check_output_path(settings.output)
         from gradcheck_cli.pipeline import run_check
 
         report = run_check(settings)
@@ -131,14 +132,28 @@ def check(
     raise typer.Exit(report.exit_code)
 
 
+def _check_output_path(output: str | None) -> None:
+    """Fail before the passes, not after them, when the report could not be written."""
+    if not output:
+        return
+    path = Path(output)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"cannot write {path}: directory {parent} does not exist",
+                         hint="create it first or choose another --output")
+    if path.is_dir():
+        raise InputError(f"cannot write {path}: it is a directory", hint="give a file path to --output")
+    import os
+
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"cannot write {path}: permission denied", hint="choose another --output")
+
+
 def _emit(report, settings) -> None:
     from gradcheck_cli import report as renderers
 
     if settings.output:
         path = Path(settings.output)
-        if not path.parent.exists():
-            raise InputError(f"cannot write {path}: directory {path.parent} does not exist",
-                             hint="create it first or choose another --output")
         try:
             renderers.write_file(report, settings.format, path, max_rows=settings.max_rows)
         except OSError as exc:
