@@ -30,6 +30,7 @@ from torch.overrides import TorchFunctionMode
 
 from gradcheck_cli import stats as S
 from gradcheck_cli.errors import InputError, UserCodeError
+from gradcheck_cli.losses import primary_tensor
 
 # ----------------------------------------------------------------------------------------------------------
 # What counts as an activation
@@ -89,24 +90,6 @@ def activation_kind(module: nn.Module) -> str | None:
     name = type(module).__name__
     if not any(True for _ in module.children()) and any(h in name for h in _ACT_NAME_HINTS):
         return S.OTHER_ACT
-    return None
-
-
-def _first_tensor(obj: Any) -> torch.Tensor | None:
-    if isinstance(obj, torch.Tensor):
-        return obj
-    if isinstance(obj, dict):   # includes Hugging Face ModelOutput
-        if isinstance(obj.get("logits"), torch.Tensor):
-            return obj["logits"]
-        for key, item in obj.items():
-            if key != "loss" and isinstance(item, torch.Tensor):
-                return item
-        return None
-    if isinstance(obj, (tuple, list)):
-        for item in obj:
-            t = _first_tensor(item)
-            if t is not None:
-                return t
     return None
 
 
@@ -286,7 +269,7 @@ class Instrumentation:
         def hook(mod: nn.Module, inputs: Any, output: Any) -> None:
             if layer.stats.role == S.PARAM:
                 self.last_param_type = type(mod)
-            out = _first_tensor(output)
+            out = primary_tensor(output)
             if out is not None:
                 self._on_output(layer, out)
         return hook
@@ -805,18 +788,22 @@ def run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, seed
 def _weight_stats(inst: Instrumentation) -> None:
     """Weight norms, `.weight` std and fan-in, `.bias` means and nn.RNN's largest singular value of
     weight_hh_l0: computed on the device, brought back in one transfer."""
+    index_of = {id(p): i for i, p in enumerate(inst.params)}
     with torch.no_grad():
-        parts = [torch.stack(torch._foreach_norm([p.detach() for p in inst.params]))]
+        norms = torch.stack(torch._foreach_norm([p.detach() for p in inst.params]))
+        parts = [norms]
         extra: list[tuple[S.LayerStats, str]] = []
         for layer in inst.layers:
             mod = layer.module
             if mod is None or layer.stats.role != S.PARAM:
                 continue
             w = getattr(mod, "weight", None)
-            if isinstance(w, torch.Tensor) and w.dim() >= 2 and w.is_floating_point():
+            if isinstance(w, torch.Tensor) and w.dim() >= 2 and w.is_floating_point() and w.numel():
                 fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(w)
                 layer.stats.fan_in, layer.stats.fan_out = int(fan_in), int(fan_out)
-                parts.append(w.detach().float().pow(2).mean().reshape(1))
+                i = index_of.get(id(w))
+                norm = norms[i] if i is not None else torch.linalg.vector_norm(w.detach(), dtype=torch.float32)
+                parts.append((norm.float() / math.sqrt(w.numel())).reshape(1))
                 extra.append((layer.stats, "weight_rms"))
             b = getattr(mod, "bias", None)
             if isinstance(b, torch.Tensor) and b.numel() and b.is_floating_point():
@@ -834,7 +821,7 @@ def _weight_stats(inst: Instrumentation) -> None:
         if layer.owned:
             layer.stats.weight_norm = math.sqrt(sum(wnorms[i] ** 2 for i in layer.owned))
     for (st, key), v in zip(extra, rest):
-        setattr(st, key, math.sqrt(v) if key == "weight_rms" else v)
+        setattr(st, key, v)
 
 
 def _user_error(phase: str, exc: BaseException, inst: Instrumentation, batch: Any) -> UserCodeError:

@@ -50,20 +50,21 @@ def model_loss(output: Any) -> torch.Tensor | None:
 
 
 def primary_tensor(output: Any) -> torch.Tensor | None:
+    """The tensor a loss is computed on: the output itself, `.logits`, the first tensor of a tuple/list,
+    or the first tensor value of a dict (Hugging Face ModelOutput) other than "loss"."""
     if isinstance(output, torch.Tensor):
         return output
     logits = getattr(output, "logits", None)
     if isinstance(logits, torch.Tensor):
         return logits
     if isinstance(output, dict):
-        if isinstance(output.get("logits"), torch.Tensor):
-            return output["logits"]
-        for v in output.values():
-            if isinstance(v, torch.Tensor) and v.is_floating_point():
-                return v
+        for key, item in output.items():
+            if key != "loss" and isinstance(item, torch.Tensor):
+                return item
+        return None
     if isinstance(output, (tuple, list)):
-        for v in output:
-            t = primary_tensor(v)
+        for item in output:
+            t = primary_tensor(item)
             if t is not None:
                 return t
     return None

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gradcheck_cli.findings import Report, Severity
+from gradcheck_cli.numbers import fmt as _fmt
 
 BAR_WIDTH = 14
 _PARTIAL = " ▏▎▍▌▋▊▉"
@@ -21,23 +22,7 @@ _SEV_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "bold yellow", Sever
 
 
 def fmt(x: Any) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, str):
-        return x
-    if isinstance(x, bool):
-        return str(x).lower()
-    if isinstance(x, int):
-        return f"{x:,}" if abs(x) >= 10000 else str(x)
-    if math.isnan(x):
-        return "NaN"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    if x == 0:
-        return "0"
-    if 1e-3 <= abs(x) < 1e4:
-        return f"{x:.3g}"
-    return f"{x:.1e}"
+    return _fmt(x, sci_digits=1)
 
 
 def _positive(v: Any) -> bool:

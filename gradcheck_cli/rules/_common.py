@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Iterable
 
 from gradcheck_cli import stats as S
+from gradcheck_cli.numbers import fmt as _fmt
 from gradcheck_cli.stats import LayerStats, RunStats
 
 NORM_TYPES = ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm")
@@ -14,17 +15,7 @@ WEIGHT_TYPES = ("Linear", "Conv", "Bilinear", "Conv1D")
 
 
 def fmt(x: float | None) -> str:
-    if x is None:
-        return "n/a"
-    if isinstance(x, float) and math.isnan(x):
-        return "NaN"
-    if isinstance(x, float) and math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    if x == 0:
-        return "0"
-    if 1e-3 <= abs(x) < 1e4:
-        return f"{x:.3g}"
-    return f"{x:.2e}"
+    return "n/a" if x is None else _fmt(x)
 
 
 def pct(x: float) -> str:
@@ -55,6 +46,31 @@ def ends(profile: list[LayerStats]) -> tuple[list[LayerStats], list[LayerStats]]
     """The first and last quarter of a depth profile (at least one layer each)."""
     k = max(1, len(profile) // 4)
     return profile[:k], profile[-k:]
+
+
+def depth_ratio(stats: RunStats, min_layers: int) -> dict | None:
+    """Early/late ratio of the error signal over the depth profile, or None when too few layers.
+
+    early/late: geometric medians of |dL/dy| over the first and last quarter of the layers owning
+    parameters (forward order). Shared by vanishing-gradients (< threshold) and exploding-gradients.
+    """
+    profile = depth_profile(stats)
+    if len(profile) < max(min_layers, 2):
+        return None
+    early, late = ends(profile)
+    e = geo_median(x.output_grad_norm for x in early)
+    l = geo_median(x.output_grad_norm for x in late)
+    ratio = e / l
+    return {
+        "profile": profile, "ratio": ratio, "per_layer": ratio ** (1.0 / max(len(profile) - 1, 1)),
+        "evidence": {
+            "early_layers": [x.name for x in early], "early_output_grad_norm": e,
+            "late_layers": [x.name for x in late], "late_output_grad_norm": l,
+            "first_layer": profile[0].name, "first_output_grad_norm": profile[0].output_grad_norm,
+            "last_layer": profile[-1].name, "last_output_grad_norm": profile[-1].output_grad_norm,
+            "layers_measured": len(profile),
+        },
+    }
 
 
 def common_prefix(names: list[str]) -> str:

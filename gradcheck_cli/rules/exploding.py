@@ -6,7 +6,7 @@ from typing import Any
 from gradcheck_cli import stats as S
 from gradcheck_cli.findings import Finding, Severity
 from gradcheck_cli.rules._common import (
-    depth_profile, ends, fmt, geo_median, has_normalization, he_std, name, weight_layers, xavier_std,
+    depth_ratio, fmt, has_normalization, he_std, name, weight_layers, xavier_std,
 )
 from gradcheck_cli.rules.base import Option, Rule, rule
 from gradcheck_cli.stats import RunStats
@@ -58,26 +58,16 @@ def exploding_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
         AUTOTRAINER (ICSE'21): exploding when first/last gradient ratio > 70.
     """
     findings: list[Finding] = []
-    profile = depth_profile(stats)
-    if len(profile) >= opts["min_layers"]:
-        early, late = ends(profile)
-        e, l = geo_median(x.output_grad_norm for x in early), geo_median(x.output_grad_norm for x in late)
-        ratio = e / l
-        if ratio > opts["ratio"]:
-            per_layer = ratio ** (1.0 / max(len(profile) - 1, 1))
-            sev = Severity.ERROR if ratio > opts["error_ratio"] else r.severity
-            first = profile[0]
-            evidence = {
-                "ratio": ratio, "threshold": opts["ratio"], "error_threshold": opts["error_ratio"],
-                "early_layers": [x.name for x in early], "early_output_grad_norm": e,
-                "late_layers": [x.name for x in late], "late_output_grad_norm": l,
-                "first_layer": first.name, "last_layer": profile[-1].name,
-                "layers_measured": len(profile), "per_layer_factor": per_layer,
-                "total_grad_norm": stats.total_grad_norm,
-            }
-            msg = (f"The error signal |dL/dy| grows {fmt(ratio)}x from the last layers back to the first "
-                   f"({fmt(l)} -> {fmt(e)}; x{per_layer:.2f} per layer over {len(profile)} layers).")
-            findings.append(r.finding(first.name, msg, evidence, _fixes(stats, evidence), sev))
+    d = depth_ratio(stats, opts["min_layers"])
+    if d is not None and d["ratio"] > opts["ratio"]:
+        ratio, per_layer, profile = d["ratio"], d["per_layer"], d["profile"]
+        sev = Severity.ERROR if ratio > opts["error_ratio"] else r.severity
+        evidence = {"ratio": ratio, "threshold": opts["ratio"], "error_threshold": opts["error_ratio"],
+                    **d["evidence"], "per_layer_factor": per_layer, "total_grad_norm": stats.total_grad_norm}
+        e, l = evidence["early_output_grad_norm"], evidence["late_output_grad_norm"]
+        msg = (f"The error signal |dL/dy| grows {fmt(ratio)}x from the last layers back to the first "
+               f"({fmt(l)} -> {fmt(e)}; x{per_layer:.2f} per layer over {len(profile)} layers).")
+        findings.append(r.finding(profile[0].name, msg, evidence, _fixes(stats, evidence), sev))
     if stats.total_grad_norm is not None and math.isfinite(stats.total_grad_norm) \
             and stats.total_grad_norm > opts["max_grad_norm"]:
         top = max((x for x in stats.layers if x.grad_norm is not None and math.isfinite(x.grad_norm)),

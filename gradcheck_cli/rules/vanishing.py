@@ -5,8 +5,7 @@ from typing import Any
 from gradcheck_cli import stats as S
 from gradcheck_cli.findings import Finding, Severity
 from gradcheck_cli.rules._common import (
-    activation_layers, depth_profile, describe_group, ends, fmt, geo_median, has_normalization, name,
-    weight_layers,
+    activation_layers, depth_ratio, describe_group, fmt, has_normalization, name, weight_layers,
 )
 from gradcheck_cli.rules.base import Option, Rule, rule
 from gradcheck_cli.stats import RunStats
@@ -62,29 +61,20 @@ def vanishing_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
         AUTOTRAINER (ICSE'21) first/last gradient ratio < 1e-3.
     """
     findings: list[Finding] = []
-    profile = depth_profile(stats)
-    if len(profile) >= opts["min_layers"]:
-        early, late = ends(profile)
-        e, l = geo_median(x.output_grad_norm for x in early), geo_median(x.output_grad_norm for x in late)
-        ratio = e / l
-        if ratio < opts["ratio"]:
-            per_layer = ratio ** (1.0 / max(len(profile) - 1, 1))
-            sev = Severity.ERROR if ratio < opts["error_ratio"] else r.severity
-            first = profile[0]
-            evidence = {
-                "ratio": ratio, "threshold": opts["ratio"], "error_threshold": opts["error_ratio"],
-                "early_layers": [x.name for x in early], "early_output_grad_norm": e,
-                "late_layers": [x.name for x in late], "late_output_grad_norm": l,
-                "first_layer": first.name, "first_output_grad_norm": first.output_grad_norm,
-                "last_layer": profile[-1].name, "last_output_grad_norm": profile[-1].output_grad_norm,
-                "layers_measured": len(profile), "per_layer_factor": per_layer,
-            }
-            if first.grad_norm is not None and first.weight_norm:
-                evidence["first_layer_grad_to_weight"] = first.grad_norm / first.weight_norm
-            msg = (f"The error signal |dL/dy| at the first layers is {fmt(ratio)} of that at the last layers "
-                   f"({fmt(e)} vs {fmt(l)}; x{per_layer:.2f} per layer over {len(profile)} layers), "
-                   f"so {name(first.name)} barely learns.")
-            findings.append(r.finding(first.name, msg, evidence, _depth_fixes(stats, profile, per_layer), sev))
+    d = depth_ratio(stats, opts["min_layers"])
+    if d is not None and d["ratio"] < opts["ratio"]:
+        ratio, per_layer, profile = d["ratio"], d["per_layer"], d["profile"]
+        sev = Severity.ERROR if ratio < opts["error_ratio"] else r.severity
+        first = profile[0]
+        evidence = {"ratio": ratio, "threshold": opts["ratio"], "error_threshold": opts["error_ratio"],
+                    **d["evidence"], "per_layer_factor": per_layer}
+        if first.grad_norm is not None and first.weight_norm:
+            evidence["first_layer_grad_to_weight"] = first.grad_norm / first.weight_norm
+        e, l = evidence["early_output_grad_norm"], evidence["late_output_grad_norm"]
+        msg = (f"The error signal |dL/dy| at the first layers is {fmt(ratio)} of that at the last layers "
+               f"({fmt(e)} vs {fmt(l)}; x{per_layer:.2f} per layer over {len(profile)} layers), "
+               f"so {name(first.name)} barely learns.")
+        findings.append(r.finding(first.name, msg, evidence, _depth_fixes(stats, profile, per_layer), sev))
     findings.extend(_through_time(stats, opts, r))
     return findings
 

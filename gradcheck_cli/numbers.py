@@ -1,0 +1,27 @@
+"""Number formatting shared by rule messages and renderers (no torch)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def fmt(x: Any, sci_digits: int = 2) -> str:
+    """Compact: 3 significant digits in [1e-3, 1e4), scientific outside; NaN/inf spelled out."""
+    if x is None:
+        return "-"
+    if isinstance(x, str):
+        return x
+    if isinstance(x, bool):
+        return str(x).lower()
+    if isinstance(x, int):
+        return f"{x:,}" if abs(x) >= 10000 else str(x)
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if x == 0:
+        return "0"
+    if 1e-3 <= abs(x) < 1e4:
+        return f"{x:.3g}"
+    return f"{x:.{sci_digits}e}"
