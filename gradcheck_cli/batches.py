@@ -226,13 +226,16 @@ def load_batch_file(path: Path) -> Batch:
             raise InputError(f"reading {suffix} batch files needs numpy", hint="pip install numpy") from None
         try:
             data = np.load(path, allow_pickle=False)
+            if suffix == ".npy":
+                return to_batch(data, where)
+            with data:   # .npz members are read lazily: an object array fails here, not at np.load
+                arrays = {k: data[k] for k in data.files}
+        except InputError:
+            raise
         except Exception as exc:
-            raise InputError(f"cannot read batch file {path}: {exc}",
-                             hint="object arrays are refused (allow_pickle=False)") from None
-        if suffix == ".npy":
-            return to_batch(data, where)
-        with data:
-            arrays = {k: data[k] for k in data.files}
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"cannot read batch file {path}: {first[:200]}",
+                             hint="numeric arrays only: object arrays are refused (allow_pickle=False)") from None
         for a, b in (("inputs", "targets"), ("x", "y"), ("input", "target")):
             if set(arrays) == {a, b}:
                 return to_batch((arrays[a], arrays[b]), where)

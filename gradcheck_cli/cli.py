@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 from typing_extensions import Annotated
 
 from gradcheck_cli import __version__
@@ -25,7 +26,33 @@ EXIT_CODES_HELP = (
 )
 EXIT_INTERNAL = 4
 
+# Click's UsageError, wherever this Typer version takes Click from (vendored or not).
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+class _Group(TyperGroup):
+    """Usage errors (bad option values, unknown options) as one `error:` line on stderr, exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: ANN001
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":   # `gradcheck` alone: show the help
+                typer.echo(exc.ctx.get_help() if exc.ctx else "")
+                sys.exit(EXIT_USAGE)
+            cmd = exc.ctx.command_path if exc.ctx else "gradcheck"
+            err.print(f"error: {exc.format_message()} (see '{cmd} --help')", markup=False)
+            sys.exit(EXIT_USAGE)
+        except typer.Abort:
+            err.print("error: aborted")
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="gradcheck",
     help="Gradient-health checker for PyTorch models: runs a few forward/backward passes, measures every "
          "layer and reports vanishing/exploding gradients, NaN/Inf, saturated and dead units, unused "

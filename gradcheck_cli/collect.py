@@ -748,7 +748,7 @@ def run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, seed
             del grads, pgrads, output, loss
             vals = inst.end_step(extra)
             losses_seen.append(vals["loss"][0])
-            input_nonfinite += int(vals.get("input_nf", [0.0])[0])
+            input_nonfinite = max(input_nonfinite, int(vals.get("input_nf", [0.0])[0]))
             norms = dict(zip(present, vals.get("pgrad", [])))
             total_sq = 0.0
             for i, n in norms.items():

@@ -7,6 +7,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -86,6 +87,12 @@ def import_file(path_text: str) -> ModuleType:
 
 
 def import_module(target: str) -> ModuleType:
+    # `python -m gradcheck_cli` has the current directory on sys.path, the console script does not:
+    # make `mymodel:build` work the same way from a project directory with both.
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
     try:
         return importlib.import_module(target)
     except ModuleNotFoundError as exc:
@@ -97,6 +104,21 @@ def import_module(target: str) -> ModuleType:
         if isinstance(exc, KeyboardInterrupt):
             raise
         raise UserCodeError(_exc_text(exc), phase="import", where=_user_frame(exc), original=exc) from exc
+    finally:
+        if added:
+            try:
+                sys.path.remove(cwd)
+            except ValueError:
+                pass
+
+
+def source_file(spec: str) -> str | None:
+    """The file a spec's object comes from (the user's file, or the module's __file__)."""
+    target, _ = split_spec(spec)
+    if _looks_like_file(target):
+        return str(Path(target).resolve())
+    module = sys.modules.get(target)
+    return getattr(module, "__file__", None)
 
 
 def load_object(spec: str, what: str = "model") -> Any:
@@ -135,7 +157,8 @@ def build_model(obj: Any, spec: str):
     try:
         model = obj()
     except Exception as exc:
-        raise UserCodeError(_exc_text(exc), phase="build", where=_user_frame(exc), original=exc) from exc
+        raise UserCodeError(_exc_text(exc), phase="build", where=_user_frame(exc, source_file(spec)),
+                            original=exc) from exc
     if not isinstance(model, nn.Module):
         raise InputError(f"{spec} returned {type(model).__name__}, not an nn.Module",
                          hint="the factory must return a torch.nn.Module")

@@ -74,7 +74,7 @@ class RunStats:
     trainable_parameters: int = 0
     total_grad_norm: float | None = None        # global gradient norm, mean over steps
     total_grad_norm_max: float | None = None
-    input_nonfinite: int = 0                    # NaN/Inf values in the inputs themselves
+    input_nonfinite: int = 0                    # NaN/Inf values in the inputs themselves (largest batch)
     first_nonfinite_forward: str | None = None  # first layer (forward order) with a NaN/Inf output
     first_nonfinite_backward: str | None = None  # first layer (backward order) with a NaN/Inf output gradient
     unused_parameters: list[str] = field(default_factory=list)     # trainable, never received a gradient

@@ -21,6 +21,7 @@ class Option:
     name: str
     default: Any
     help: str
+    maximum: float | None = None
 
     def coerce(self, value: Any) -> Any:
         """Validate a configured value against the default's type; ValueError names what is allowed."""
@@ -39,6 +40,8 @@ class Option:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 if value < 0:
                     raise ValueError("expected a non-negative number")
+                if self.maximum is not None and value > self.maximum:
+                    raise ValueError(f"expected a number no greater than {self.maximum:g}")
                 return float(value)
             raise ValueError("expected a number")
         return value

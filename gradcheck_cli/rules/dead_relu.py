@@ -13,7 +13,7 @@ from gradcheck_cli.stats import RunStats
     id="dead-relus",
     code="GC105",
     severity=Severity.WARNING,
-    options=(Option("fraction", 0.5, "warn when at least this share of a ReLU layer's units is dead"),
+    options=(Option("fraction", 0.5, "warn when at least this share of a ReLU layer's units is dead", maximum=1.0),
              Option("min_units", 4, "ignore ReLU layers with fewer units than this")),
 )
 def dead_relus(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:

@@ -15,7 +15,8 @@ from gradcheck_cli.stats import RunStats
     id="saturated-activations",
     code="GC104",
     severity=Severity.WARNING,
-    options=(Option("fraction", 0.5, "warn when at least this share of a sigmoid/tanh layer's outputs is saturated"),),
+    options=(Option("fraction", 0.5, "warn when at least this share of a sigmoid/tanh layer's outputs is saturated",
+                    maximum=1.0),),
 )
 def saturated_activations(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
     """Sigmoid/tanh units stuck in their flat tails, where almost no gradient passes.
