@@ -37,14 +37,12 @@ class LayerStats:
     recurrent_sigma_max: float | None = None   # nn.RNN: largest singular value of weight_hh_l0
     grad_norm: float | None = None      # L2 norm of their gradient, mean over steps
     grad_norm_max: float | None = None
-    output_norm: float | None = None    # L2 norm of the output, mean over steps
-    output_abs_max: float | None = None  # largest finite |value| in the output over all steps
     output_grad_norm: float | None = None      # L2 norm of dLoss/dOutput (the error signal), mean over steps
     output_grad_norm_max: float | None = None
     saturated_fraction: float | None = None    # sigmoid/tanh: share of outputs whose derivative < 1% of max
     units: int | None = None            # ReLU-family: units (features, or channels for convolutions)
     dead_units: int | None = None       # ... that were 0 for every example of every pass
-    nonfinite_outputs: int = 0          # forward calls (over all steps) whose output held NaN/Inf
+    nonfinite_outputs: int = 0          # forward calls whose output held NaN/Inf (in the diagnosis pass)
     nonfinite_output_grads: int = 0     # backward calls whose dLoss/dOutput held NaN/Inf
     nonfinite_param_grads: int = 0      # parameters of this module whose gradient had a NaN/Inf
     time_steps: int | None = None       # recurrent: sequence length seen

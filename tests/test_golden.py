@@ -30,11 +30,11 @@ def broken_stats() -> S.RunStats:
     for i in range(5):
         layers.append(S.LayerStats(index=2 * i, name=f"net.{2 * i}", type="Linear", role=S.PARAM, params=4160,
                                    trainable_params=4160, calls=1, weight_norm=4.6, weight_rms=0.072, fan_in=64,
-                                   fan_out=64, bias_mean=0.01, grad_norm=g * 2.1, output_norm=5.0,
-                                   output_grad_norm=g, output_abs_max=3.2))
+                                   fan_out=64, bias_mean=0.01, grad_norm=g * 2.1,
+                                   output_grad_norm=g))
         layers.append(S.LayerStats(index=2 * i + 1, name=f"net.{2 * i + 1}", type="Sigmoid", role=S.ACTIVATION,
-                                   activation=S.SIGMOID, calls=1, output_norm=11.0, output_grad_norm=g * 4,
-                                   saturated_fraction=0.72 if i == 4 else 0.0, output_abs_max=0.99))
+                                   activation=S.SIGMOID, calls=1, output_grad_norm=g * 4,
+                                   saturated_fraction=0.72 if i == 4 else 0.0))
         g *= 30.0
     layers.append(S.LayerStats(index=10, name="aux", type="Linear", role=S.PARAM, params=650, trainable_params=650,
                                weight_norm=1.2, weight_rms=0.07, fan_in=64, fan_out=10))
@@ -46,7 +46,7 @@ def broken_stats() -> S.RunStats:
 def healthy_stats() -> S.RunStats:
     layers = [S.LayerStats(index=i, name=f"fc{i}", type="Linear", role=S.PARAM, params=1000, trainable_params=1000,
                            calls=1, weight_norm=3.0, weight_rms=0.09, fan_in=256, fan_out=256, grad_norm=0.2,
-                           output_norm=9.0, output_grad_norm=0.05 * (1.1 ** i)) for i in range(4)]
+                           output_grad_norm=0.05 * (1.1 ** i)) for i in range(4)]
     return S.RunStats(layers=layers, steps=3, losses=[1.0, 0.9, 1.1], parameters=4000, trainable_parameters=4000,
                       total_grad_norm=0.4, total_grad_norm_max=0.45)
 

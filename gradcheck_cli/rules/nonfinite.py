@@ -4,7 +4,7 @@ import math
 from typing import Any
 
 from gradcheck_cli.findings import Finding, Severity
-from gradcheck_cli.rules._common import fmt, name
+from gradcheck_cli.rules._common import fmt, list_names, name
 from gradcheck_cli.rules.base import Rule, rule
 from gradcheck_cli.stats import RunStats
 
@@ -66,12 +66,15 @@ def non_finite(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
         out.append(r.finding(layer_name, msg, evidence, _forward_fixes(fkind, fwd, where)))
     elif bwd is not None or param_layers:
         where, layer_name, evidence = _origin(bkind, bwd, "backward")
-        if layer_name is None and param_layers:
+        if not where and param_layers:
             layer_name, where = param_layers[0], f"at {name(param_layers[0])}"
+        elif layer_name is None and param_layers:   # an op in the model's own forward: point at the
+            layer_name = param_layers[0]            # first layer whose gradients it poisons
         evidence.update({"layers_with_nonfinite_param_grads": param_layers, "losses": stats.losses})
+        poisoned = f" ({list_names(param_layers)})" if param_layers else ""
         msg = (f"The loss and the forward pass are finite, but the gradient turns NaN/Inf in backward, first {where}; "
                f"{len(param_layers)} layer{'s get' if len(param_layers) != 1 else ' gets'} non-finite parameter "
-               "gradients.")
+               f"gradients{poisoned}.")
         op = bwd["op"] if bkind == "op" else None
         fixes = []
         if op in ("sqrt", "pow", "rsqrt"):

@@ -1,0 +1,272 @@
+"""Overhead of gradcheck's instrumentation over plain forward/backward passes, measured in one run.
+
+    python benchmarks/overhead.py                 # CPU, the four models, scale figures
+    python benchmarks/overhead.py --device cuda   # on a GPU (peak memory from the CUDA allocator)
+    python benchmarks/overhead.py --quick         # fewer rounds (a smoke run)
+
+For each model it times K passes (forward, loss, torch.autograd.grad over every trainable parameter)
+three ways, interleaved round by round in the same process:
+  plain         the passes alone, exactly as gradcheck runs them but with no instrumentation;
+  gradcheck     collect.run_passes: the passes instrumented exactly as `gradcheck check` does;
+  anomaly       the plain passes under torch.autograd.detect_anomaly(), the usual reference.
+Each round gives a ratio (gradcheck/plain, anomaly/plain); the table shows the median over rounds.
+Peak memory: the memory the K passes need above what the setup (model, batches) holds: on CUDA from
+torch.cuda.max_memory_allocated, on CPU from the resident set sampled every millisecond; each variant
+runs in a fresh subprocess that builds only its model.
+Ratios, not absolute times, are the result: machines differ and this one is noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "examples"))
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from gradcheck_cli import batches, collect, losses  # noqa: E402
+
+K = 3   # passes per timing sample (gradcheck's default --steps)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------
+
+def deep_mlp(depth: int = 64, width: int = 512) -> nn.Module:
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        lin = nn.Linear(width, width)
+        nn.init.kaiming_normal_(lin.weight, nonlinearity="relu")
+        layers += [lin, nn.ReLU()]
+    layers.append(nn.Linear(width, 10))
+    return nn.Sequential(*layers)
+
+
+def resnet() -> nn.Module:
+    from healthy_resnet import ResNet
+
+    return ResNet()
+
+
+def transformer() -> tuple[nn.Module, str]:
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        from healthy_transformer import TransformerLM
+
+        return TransformerLM(vocab=8000, d=384, heads=6, layers=6, ctx=128), "pre-LN transformer, 6 layers, d=384"
+    cfg = GPT2Config(n_layer=6, n_embd=384, n_head=6, vocab_size=8000, n_positions=128,
+                     bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(cfg), "GPT-2 (transformers), 6 layers, d=384"
+
+
+def lstm() -> nn.Module:
+    from healthy_lstm import LSTMClassifier
+
+    return LSTMClassifier(vocab=10000, emb=128, hidden=256)
+
+
+def models() -> list[tuple[str, Callable[[], nn.Module], tuple[int, ...]]]:
+    """(name, factory, input shape); factories so that a memory subprocess builds only its model."""
+    try:
+        import transformers  # noqa: F401
+        tr_name = "GPT-2 (transformers), 6 layers, d=384"
+    except ImportError:
+        tr_name = "pre-LN transformer, 6 layers, d=384"
+    return [
+        ("MLP, 64 Linear+ReLU layers, width 512", deep_mlp, (128, 512)),
+        ("ResNet-20 with BatchNorm, 32x32", resnet, (64, 3, 32, 32)),
+        (tr_name, lambda: transformer()[0], (8, 128)),
+        ("LSTM classifier, 128 time steps", lstm, (32, 128)),
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The three ways to run K passes
+# ----------------------------------------------------------------------------------------------------------
+
+def make(model: nn.Module, shape: tuple[int, ...], device: torch.device):
+    model.to(device)
+    src = batches.make_batch_source(None, shape, model, seed=0)
+    loss_fn = losses.resolve(None)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def plain() -> None:
+        model.train()
+        for step in range(K):
+            torch.manual_seed(step)
+            b = src.get(step, device)
+            out = model(*b.args, **b.kwargs)
+            loss, _, _ = losses.compute(loss_fn, out, b, step, 0)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            del grads, out, loss
+        sync(device)
+
+    def instrumented() -> None:
+        collect.run_passes(model, src, loss_fn, steps=K, seed=0, device=device)
+        sync(device)
+
+    def anomaly() -> None:
+        with torch.autograd.detect_anomaly(check_nan=True):
+            plain()
+
+    return {"plain": plain, "gradcheck": instrumented, "anomaly": anomaly}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_it(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def overhead(name: str, model: nn.Module, shape: tuple[int, ...], device: torch.device, rounds: int) -> dict:
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*[Aa]nomaly.*")
+    runs = make(model, shape, device)
+    for fn in runs.values():   # warm-up
+        fn()
+    ratios_gc, ratios_an, plain_t = [], [], []
+    for r in range(rounds):
+        order = ["plain", "gradcheck", "anomaly"] if r % 2 == 0 else ["anomaly", "gradcheck", "plain"]
+        t = {k: time_it(runs[k]) for k in order}
+        ratios_gc.append(t["gradcheck"] / t["plain"])
+        ratios_an.append(t["anomaly"] / t["plain"])
+        plain_t.append(t["plain"])
+    n_layers = len(collect.Instrumentation(model).layers)
+    return {"model": name, "layers": n_layers, "plain_ms_per_pass": 1000 * statistics.median(plain_t) / K,
+            "gradcheck_ratio": statistics.median(ratios_gc), "anomaly_ratio": statistics.median(ratios_an),
+            "gradcheck_ratio_p90": sorted(ratios_gc)[int(0.9 * (len(ratios_gc) - 1))]}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Peak memory
+# ----------------------------------------------------------------------------------------------------------
+
+def _rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory_child(index: int, variant: str, device_name: str) -> None:
+    """Run in a subprocess: setup, then K passes of one variant; print the memory they needed (bytes)."""
+    import gc
+    import threading
+
+    device = torch.device(device_name)
+    name, factory, shape = models()[index]
+    runs = make(factory(), shape, device)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        runs[variant]()
+        print(json.dumps({"extra": torch.cuda.max_memory_allocated() - base}))
+        return
+    # CPU: the resident set sampled every millisecond during the passes, minus the resident set before.
+    base = _rss()
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.001)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    runs[variant]()
+    done.set()
+    t.join()
+    print(json.dumps({"extra": max(peak[0], _rss()) - base}))
+
+
+def peak_memory(index: int, device: torch.device) -> float | None:
+    out = {}
+    for variant in ("plain", "gradcheck"):
+        res = subprocess.run([sys.executable, __file__, "--child", str(index), variant, "--device", str(device)],
+                             capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        lines = [l for l in res.stdout.splitlines() if l.startswith("{")]
+        if res.returncode != 0 or not lines:
+            print(f"  (memory subprocess failed, exit {res.returncode}: {res.stderr.strip()[-300:]})", file=sys.stderr)
+            return None
+        out[variant] = json.loads(lines[-1])["extra"]
+    return out["gradcheck"] / out["plain"] if out["plain"] > 0 else None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Scale: time per layer with depth
+# ----------------------------------------------------------------------------------------------------------
+
+def scale(device: torch.device, depths=(100, 300, 1000), width: int = 256, batch: int = 64) -> list[dict]:
+    rows = []
+    for depth in depths:
+        model = deep_mlp(depth=depth, width=width)
+        runs = make(model, (batch, width), device)
+        runs["plain"]()
+        runs["gradcheck"]()
+        tp = statistics.median(time_it(runs["plain"]) for _ in range(3))
+        tg = statistics.median(time_it(runs["gradcheck"]) for _ in range(3))
+        rows.append({"depth": depth, "plain_ms_per_layer": 1000 * tp / K / depth,
+                     "gradcheck_ms_per_layer": 1000 * tg / K / depth, "ratio": tg / tp})
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--quick", action="store_true", help="5 rounds, no memory subprocesses, depths 100/300")
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        peak_memory_child(int(args.child[0]), args.child[1], args.device)
+        return 0
+    device = torch.device(args.device)
+    rounds = 5 if args.quick else args.rounds
+    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, K={K} passes per "
+          f"sample, {rounds} interleaved rounds; ratios are medians over rounds\n")
+    print("| model | layers measured | plain ms/pass | gradcheck / plain | detect_anomaly / plain | peak memory gradcheck / plain |")
+    print("|---|---|---|---|---|---|")
+    results = []
+    for i, (name, factory, shape) in enumerate(models()):
+        row = overhead(name, factory(), shape, device, rounds)
+        row["memory_ratio"] = None if args.quick else peak_memory(i, device)
+        results.append(row)
+        mem = f"{row['memory_ratio']:.2f}" if row["memory_ratio"] is not None else "-"
+        print(f"| {name} | {row['layers']} | {row['plain_ms_per_pass']:.1f} | {row['gradcheck_ratio']:.2f} | "
+              f"{row['anomaly_ratio']:.2f} | {mem} |", flush=True)
+    gc = [r["gradcheck_ratio"] for r in results]
+    print(f"\ngradcheck/plain: median over models {statistics.median(gc):.2f} (target <= 1.10), "
+          f"worst {max(gc):.2f} (target <= 1.25)")
+    mems = [r["memory_ratio"] for r in results if r["memory_ratio"] is not None]
+    if mems:
+        print(f"peak memory gradcheck/plain: worst {max(mems):.2f} (target <= 1.2)")
+    print("\nScale: deep MLPs (width 256, batch 64), time per layer per pass")
+    print("| layers | plain ms/layer | gradcheck ms/layer | gradcheck / plain |")
+    print("|---|---|---|---|")
+    for r in scale(device, depths=(100, 300) if args.quick else (100, 300, 1000)):
+        print(f"| {r['depth']} | {r['plain_ms_per_layer']:.3f} | {r['gradcheck_ms_per_layer']:.3f} | {r['ratio']:.2f} |",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
