@@ -817,12 +817,13 @@ def _run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, see
 
 def _weight_stats(inst: Instrumentation) -> None:
     """Weight norms, `.weight` std and fan-in, `.bias` means and nn.RNN's largest singular value of
-    weight_hh_l0: computed on the device, brought back in one transfer."""
+    weight_hh_l0: reduced on the device (parameter norms in one _foreach_norm), one transfer back."""
     index_of = {id(p): i for i, p in enumerate(inst.params)}
+    scalars: list[torch.Tensor] = []                    # 0-d float32 tensors, stacked once
+    wanted: list[tuple[S.LayerStats, str, float]] = []  # (stats, field, divisor applied on the host)
+    rms_from_norm: list[tuple[S.LayerStats, int, int]] = []
     with torch.no_grad():
-        norms = torch.stack(torch._foreach_norm([p.detach() for p in inst.params]))
-        parts = [norms]
-        extra: list[tuple[S.LayerStats, str]] = []
+        norms = torch._foreach_norm([p.detach() for p in inst.params], 2, dtype=torch.float32)
         for layer in inst.layers:
             mod = layer.module
             if mod is None or layer.stats.role != S.PARAM:
@@ -832,26 +833,31 @@ def _weight_stats(inst: Instrumentation) -> None:
                 fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(w)
                 layer.stats.fan_in, layer.stats.fan_out = int(fan_in), int(fan_out)
                 i = index_of.get(id(w))
-                norm = norms[i] if i is not None else torch.linalg.vector_norm(w.detach(), dtype=torch.float32)
-                parts.append((norm.float() / math.sqrt(w.numel())).reshape(1))
-                extra.append((layer.stats, "weight_rms"))
+                if i is not None:   # the std (RMS) follows from the norm already being computed
+                    rms_from_norm.append((layer.stats, i, w.numel()))
+                else:               # a frozen weight
+                    scalars.append(torch.linalg.vector_norm(w.detach(), dtype=torch.float32))
+                    wanted.append((layer.stats, "weight_rms", math.sqrt(w.numel())))
             b = getattr(mod, "bias", None)
             if isinstance(b, torch.Tensor) and b.numel() and b.is_floating_point():
-                parts.append(b.detach().float().mean().reshape(1))
-                extra.append((layer.stats, "bias_mean"))
+                scalars.append(b.detach().mean(dtype=torch.float32))
+                wanted.append((layer.stats, "bias_mean", 1.0))
             if isinstance(mod, nn.RNN):
                 whh = getattr(mod, "weight_hh_l0", None)
                 if isinstance(whh, torch.Tensor):
-                    parts.append(torch.linalg.matrix_norm(whh.detach().float(), ord=2).reshape(1))
-                    extra.append((layer.stats, "recurrent_sigma_max"))
-        flat = torch.cat([p.to(parts[0].device) for p in parts]).cpu().tolist()
+                    scalars.append(torch.linalg.matrix_norm(whh.detach().float(), ord=2))
+                    wanted.append((layer.stats, "recurrent_sigma_max", 1.0))
+        dev = norms[0].device if norms else torch.device("cpu")
+        flat = torch.stack([t if t.device == dev else t.to(dev) for t in (*norms, *scalars)]).cpu().tolist()
     n = len(inst.params)
     wnorms, rest = flat[:n], flat[n:]
     for layer in inst.layers:
         if layer.owned:
             layer.stats.weight_norm = math.sqrt(sum(wnorms[i] ** 2 for i in layer.owned))
-    for (st, key), v in zip(extra, rest):
-        setattr(st, key, v)
+    for st, i, numel in rms_from_norm:
+        st.weight_rms = wnorms[i] / math.sqrt(numel)
+    for (st, key, divisor), v in zip(wanted, rest):
+        setattr(st, key, v / divisor)
 
 
 def _user_error(phase: str, exc: BaseException, inst: Instrumentation, batch: Any) -> UserCodeError:
