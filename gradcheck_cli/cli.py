@@ -125,25 +125,37 @@ def check(
     device: Annotated[Optional[Device], typer.Option(help="Where to run the passes [default: auto].")] = None,
     max_rows: Annotated[Optional[int], typer.Option(
         "--max-rows", min=0, help="Layer-table rows in the text report (0 = all) [default: 40].")] = None,
+    timeout: Annotated[Optional[float], typer.Option(
+        min=0.001, help="Stop with exit 3, naming the phase, when the run takes longer than this many seconds "
+                        "(a forward pass that never returns); for CI [default: off].")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")] = False,
 ) -> None:
     """Run a few instrumented forward/backward passes on MODEL and report gradient problems."""
     from gradcheck_cli import config as cfg
     from gradcheck_cli.batches_shape import parse_shape
 
+    # Where a report goes, known as early as possible so that a failed run still leaves one behind.
+    target = {"format": format.value if format else "text", "output": str(output) if output else None,
+              "started": False}
     try:
         shape = parse_shape(input_shape) if input_shape is not None else None
         settings = cfg.resolve({
             "model": model, "batch": batch, "loss": loss, "input_shape": shape, "steps": steps,
             "format": format.value if format else None, "output": str(output) if output else None,
             "fail_on": fail_on, "seed": seed, "device": device.value if device else None, "max_rows": max_rows,
+            "timeout": timeout,
         }, config)
+        target.update(format=settings.format, output=settings.output)
         _check_output_path(settings.output)
         from gradcheck_cli.pipeline import run_check
 
-        report = run_check(settings)
+        target["started"] = True
+        report = run_check(settings, on_hard_stop=lambda phase, msg: _write_error(
+            target, model, {"type": "user-code", "phase": phase, "message": msg.removeprefix("error: "),
+                            "where": None, "hint": None, "exit_code": 3}))
         _emit(report, settings)
     except GradcheckError as exc:
+        _write_error(target, model, _error_info(exc, target["started"]))
         _fail(exc, verbose)
     except typer.Exit:
         raise
@@ -151,12 +163,49 @@ def check(
         err.print("error: interrupted")
         raise typer.Exit(130)
     except Exception as exc:   # a bug in gradcheck itself: say so, keep the traceback behind --verbose
+        _write_error(target, model, {"type": "internal", "phase": _phase_now(target["started"]),
+                                     "message": f"{type(exc).__name__}: {exc}", "where": None, "hint": None,
+                                     "exit_code": EXIT_INTERNAL})
         if verbose:
             raise
         err.print(f"error: internal error in gradcheck: {type(exc).__name__}: {exc} "
                   "(re-run with --verbose and report it)", markup=False)
         raise typer.Exit(EXIT_INTERNAL)
     raise typer.Exit(report.exit_code)
+
+
+def _phase_now(started: bool) -> str:
+    if not started:
+        return "options"
+    from gradcheck_cli.deadline import phase
+
+    return phase()
+
+
+def _error_info(exc: GradcheckError, started: bool) -> dict:
+    from gradcheck_cli.errors import UserCodeError
+
+    user = isinstance(exc, UserCodeError)
+    return {"type": "user-code" if user else "input",
+            "phase": exc.phase if user else ("config" if type(exc).__name__ == "ConfigError" else _phase_now(started)),
+            "message": exc.message, "where": getattr(exc, "where", None), "hint": exc.hint,
+            "exit_code": exc.exit_code}
+
+
+def _write_error(target: dict, model: str, error: dict) -> None:
+    """With --output, a failed run still writes a report (with an `error` object) for CI to read."""
+    if not target.get("output"):
+        return
+    try:
+        _check_output_path(target["output"])
+    except GradcheckError:
+        return   # the output path itself is the problem: the error line says so
+    from gradcheck_cli.report import write_error_file
+
+    try:
+        write_error_file(error, model, target["format"], Path(target["output"]))
+    except OSError:
+        pass
 
 
 def _check_output_path(output: str | None) -> None:

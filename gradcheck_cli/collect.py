@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from gradcheck_cli import stats as S
+from gradcheck_cli.deadline import RunTimeout, set_phase
 from gradcheck_cli.errors import InputError, UserCodeError
 from gradcheck_cli.losses import primary_tensor
 
@@ -732,6 +733,7 @@ def _run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, see
             in_nf = [_nonfinite(t) for t in batch.tensors() if t.is_floating_point()]
             if in_nf:
                 extra["input_nf"] = torch.stack(in_nf).sum()
+            set_phase("forward")
             try:
                 with (_FunctionalWatch(inst) if watch else nullcontext()):
                     output = model(*batch.args, **batch.kwargs)
@@ -739,6 +741,7 @@ def _run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, see
                 raise
             except Exception as exc:   # the user's forward raised
                 raise _user_error("forward", exc, inst, batch) from exc
+            set_phase("loss")
             try:
                 loss, loss_description, note = losses.compute(loss_fn, output, batch, step, seed)
             except (InputError, UserCodeError):
@@ -747,6 +750,7 @@ def _run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, see
                 raise _user_error("loss", exc, inst, batch) from exc
             if note and note not in notes:
                 notes.append(note)
+            set_phase("backward")
             try:
                 grads = torch.autograd.grad(loss, list(inst.params) + list(inst.extra_inputs), allow_unused=True)
             except Exception as exc:
@@ -763,6 +767,7 @@ def _run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, see
         watch = True      # the function mode; dropped after step 1 when it found no functional activation
         diagnosed = False
         for step in range(steps):
+            set_phase("batch")
             batch = batches.get(step, device)
             vals = one_pass(step, batch, watch)
             watch = bool(inst.functional)
@@ -864,9 +869,15 @@ def _user_error(phase: str, exc: BaseException, inst: Instrumentation, batch: An
     where = inst.module_at(exc)
     msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
     hint = None
-    if isinstance(exc, torch.cuda.OutOfMemoryError if hasattr(torch.cuda, "OutOfMemoryError") else MemoryError) \
-            or isinstance(exc, MemoryError):
-        hint = "out of memory: try a smaller batch (--input-shape) or --device cpu"
+    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
+                                  getattr(torch.cuda, "OutOfMemoryError", None), MemoryError) if t is not None)
+    if isinstance(exc, RunTimeout):
+        msg = str(exc)
+        hint = (f"the {phase} pass is still running after {exc.seconds:g} s: look for a loop that never ends "
+                "in that code, or raise --timeout")
+    elif isinstance(exc, oom_types) or "out of memory" in str(exc).lower():
+        msg = f"out of memory ({type(exc).__name__})"
+        hint = "use a smaller batch (--input-shape with a smaller first dimension, or a smaller --batch)"
     elif phase == "forward" and isinstance(exc, RuntimeError) and ("shape" in str(exc) or "size" in str(exc)):
         hint = f"the batch has {batch.describe_shapes()}; check --input-shape / --batch against the model"
     return UserCodeError(msg, phase=phase, where=where, hint=hint, original=exc)

@@ -39,6 +39,7 @@ class Settings:
     format: str = "text"
     output: str | None = None
     max_rows: int = 40
+    timeout: float | None = None
     rules: dict[str, RuleSettings] = field(default_factory=dict)
     config_path: str | None = None
 
@@ -59,6 +60,14 @@ def _int(path: str, key: str, v: Any, minimum: int | None = None) -> int:
     if minimum is not None and v < minimum:
         raise ConfigError(path, key, f"must be at least {minimum} (got {v})")
     return v
+
+
+def _positive(path: str, key: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(path, key, f"expected a number of seconds (got {v!r})")
+    if v <= 0:
+        raise ConfigError(path, key, f"must be greater than 0 (got {v})")
+    return float(v)
 
 
 def _choice(path: str, key: str, v: Any, allowed: tuple[str, ...]) -> str:
@@ -97,6 +106,7 @@ TOP_KEYS: dict[str, Any] = {
     "format": lambda p, k, v: _choice(p, k, v, FORMATS),
     "output": _str,
     "max_rows": lambda p, k, v: _int(p, k, v, 0),
+    "timeout": lambda p, k, v: _positive(p, k, v),
     "rules": None,   # validated below
 }
 

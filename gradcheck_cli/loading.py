@@ -46,6 +46,8 @@ def _user_frame(exc: BaseException, path: str | None = None) -> str | None:
 
 
 def _exc_text(exc: BaseException) -> str:
+    if type(exc).__name__ == "RunTimeout":
+        return str(exc)
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from gradcheck_cli import __version__
 from gradcheck_cli.config import RuleSettings, Settings
+from gradcheck_cli.deadline import Deadline, set_phase
 from gradcheck_cli.errors import InputError
 from gradcheck_cli.findings import FailOn, Finding, Report
 from gradcheck_cli.rules import RULES
@@ -40,8 +41,15 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
-def run_check(s: Settings) -> Report:
+def run_check(s: Settings, on_hard_stop: Any = None) -> Report:
+    """Run the whole check. With s.timeout, a phase that does not finish in time raises UserCodeError."""
+    with Deadline(s.timeout, on_hard_stop):
+        return _run_check(s)
+
+
+def _run_check(s: Settings) -> Report:
     t0 = time.perf_counter()
+    set_phase("load")
     from gradcheck_cli import batches, collect, loading, losses
 
     device = resolve_device(s.device)
@@ -52,10 +60,15 @@ def run_check(s: Settings) -> Report:
     # caller's global RNG state as it was.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(s.seed)
-        model = loading.build_model(loading.load_object(s.model, what="model"), s.model)
+        set_phase("import")
+        obj = loading.load_object(s.model, what="model")
+        set_phase("build")
+        model = loading.build_model(obj, s.model)
+    set_phase("batch")
     source = batches.make_batch_source(s.batch, s.input_shape, model, s.seed)
     t1 = time.perf_counter()
     result = collect.run_passes(model, source, loss_fn, steps=s.steps, seed=s.seed, device=device)
+    set_phase("analysis")
     t2 = time.perf_counter()
     findings = apply_rules(result.stats, s.rules)
     t3 = time.perf_counter()
@@ -65,6 +78,7 @@ def run_check(s: Settings) -> Report:
         "steps": s.steps, "seed": s.seed, "device": str(device), "batch": source.description,
         "input_shape": list(getattr(source, "shape", ()) or []) or None,
         "loss": result.loss_description, "fail_on": s.fail_on.value, "config": s.config_path,
+        "timeout_s": s.timeout,
         "rules": {rid: {"enabled": rs.enabled, "severity": rs.severity.value if rs.severity else None,
                         **rs.options} for rid, rs in s.rules.items()},
     }

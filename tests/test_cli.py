@@ -428,7 +428,7 @@ def test_verbose_build_failure_traceback_shows_user_frame(model_py):
 def test_internal_error_exits_4_without_traceback(model_py, monkeypatch):
     import gradcheck_cli.pipeline as pipeline
 
-    def broken(settings):
+    def broken(settings, **kwargs):
         raise ZeroDivisionError("oops in gradcheck")
 
     monkeypatch.setattr(pipeline, "run_check", broken)
