@@ -11,8 +11,9 @@ three ways, interleaved round by round in the same process:
   anomaly       the plain passes under torch.autograd.detect_anomaly(), the usual reference.
 Each round gives a ratio (gradcheck/plain, anomaly/plain); the table shows the median over rounds.
 Peak memory: the memory the K passes need above what the setup (model, batches) holds: on CUDA from
-torch.cuda.max_memory_allocated, on CPU from the resident set sampled every millisecond; each variant
-runs in a fresh subprocess that builds only its model.
+torch.cuda.max_memory_allocated, on CPU from the heap bytes in use (glibc mallinfo2; the resident set
+elsewhere) sampled every half millisecond; each variant runs in a fresh subprocess that builds only
+its model.
 Ratios, not absolute times, are the result: machines differ and this one is noisy.
 """
 from __future__ import annotations
@@ -159,6 +160,29 @@ def overhead(name: str, model: nn.Module, shape: tuple[int, ...], device: torch.
 # Peak memory
 # ----------------------------------------------------------------------------------------------------------
 
+def _heap_in_use():
+    """Bytes the process has allocated and not freed: glibc's mallinfo2 (in-use chunks plus mmapped
+    blocks), which counts what the passes hold, unlike the resident set, which also keeps freed pages
+    and fragmentation. Falls back to the resident set where mallinfo2 is not available."""
+    try:
+        import ctypes
+
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                       "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+
+        def in_use() -> int:
+            m = libc.mallinfo2()
+            return m.uordblks + m.hblkhd
+        in_use()
+        return in_use, "heap bytes in use (glibc mallinfo2)"
+    except (OSError, AttributeError):
+        return _rss, "resident set"
+
+
 def _rss() -> int:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -180,22 +204,23 @@ def peak_memory_child(index: int, variant: str, device_name: str) -> None:
         runs[variant]()
         print(json.dumps({"extra": torch.cuda.max_memory_allocated() - base}))
         return
-    # CPU: the resident set sampled every millisecond during the passes, minus the resident set before.
-    base = _rss()
+    # CPU: heap bytes in use, sampled every half millisecond during the passes, minus the amount before.
+    measure, _ = _heap_in_use()
+    base = measure()
     peak = [base]
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.001)
+            peak[0] = max(peak[0], measure())
+            time.sleep(0.0005)
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
     runs[variant]()
     done.set()
     t.join()
-    print(json.dumps({"extra": max(peak[0], _rss()) - base}))
+    print(json.dumps({"extra": max(peak[0], measure()) - base}))
 
 
 def peak_memory(index: int, device: torch.device) -> float | None:

@@ -141,12 +141,24 @@ class _Recorder:
         return out
 
 
-def _norm(t: torch.Tensor) -> torch.Tensor:
-    """L2 norm accumulated in float32: also the NaN/Inf detector. It is non-finite exactly when the tensor
-    holds NaN/Inf, or values so large (around 1e19 and up) that their squares overflow float32, which a
-    float32 model's next normalisation or loss would overflow on too. One kernel per tensor; counting
-    with isfinite() costs ~10x more."""
-    return torch.linalg.vector_norm(t, dtype=torch.float32)
+def _sumsq(t: torch.Tensor) -> torch.Tensor:
+    """Sum of squares (a 0-d float32 tensor; the squared L2 norm), which is also the NaN/Inf detector: it is
+    non-finite exactly when the tensor holds NaN/Inf, or values so large (around 1e19 and up) that their
+    squares overflow float32, which a float32 model's next normalisation or loss would overflow on too.
+    One kernel per tensor (counting with isfinite() costs ~10x more); on the CPU a BLAS dot product is
+    ~1.8x faster than vector_norm for contiguous float32 tensors."""
+    if t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu":
+        flat = t.view(-1)
+        return torch.dot(flat, flat)
+    return torch.linalg.vector_norm(t, dtype=torch.float32).square()
+
+
+def _sumsq_many(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Sums of squares of many tensors as one float32 vector: one fused _foreach_norm launch on a GPU,
+    BLAS dot products on the CPU (where _foreach_norm is a loop over vector_norm anyway)."""
+    if tensors and tensors[0].device.type != "cpu":
+        return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32)).square()
+    return torch.stack([_sumsq(t) for t in tensors])
 
 
 def _nonfinite(t: torch.Tensor) -> torch.Tensor:
@@ -284,7 +296,7 @@ class Instrumentation:
         if self.diagnose:
             # Diagnosis pass: every output is checked, in forward order, to find where NaN/Inf start.
             if out.is_floating_point() or out.is_complex():
-                self.rec.add(layer.slot, "out", _norm(out.detach()), next(self._fwd_seq))
+                self.rec.add(layer.slot, "out", _sumsq(out.detach()), next(self._fwd_seq))
         else:
             layer.step_calls += 1
             if not out.is_floating_point():
@@ -323,10 +335,10 @@ class Instrumentation:
             layer.alive = None
 
     def _make_grad_hook(self, layer: _Layer) -> Callable:
-        slot, norm = layer.slot, torch.linalg.vector_norm
+        slot = layer.slot
 
         def hook(g: torch.Tensor) -> None:
-            self.rec.add(slot, "g", norm(g, dtype=torch.float32), next(self._bwd_counter))
+            self.rec.add(slot, "g", _sumsq(g), next(self._bwd_counter))
         return hook
 
     def _make_rnn_pre_hook(self, layer: _Layer) -> Callable:
@@ -391,13 +403,13 @@ class Instrumentation:
             self.op_sites[key] = entry
             self.op_list.append(entry)
         slot = ("op", entry["index"])
-        self.rec.add(slot, "op", _norm(out.detach()), next(self._fwd_seq))
+        self.rec.add(slot, "op", _sumsq(out.detach()), next(self._fwd_seq))
         # Backward: the gradient w.r.t. the op's *inputs* is where sqrt'(0) = inf or d(a/b)/db = -a/b^2
         # turn up first (the gradient w.r.t. its output is still finite).
         for t in itertools.chain(args, (kwargs or {}).values()):
             if isinstance(t, torch.Tensor) and t.requires_grad and not t.is_leaf:
                 def hook(g: torch.Tensor) -> None:
-                    self.rec.add(slot, "opg", _norm(g), next(self._bwd_counter))
+                    self.rec.add(slot, "opg", _sumsq(g), next(self._bwd_counter))
                 self.tensor_handles.append(t.register_hook(hook))
 
     def _caller(self) -> tuple[nn.Module | None, tuple[str, int]]:
@@ -472,7 +484,7 @@ class Instrumentation:
                     if not self.diagnose:
                         layer.stats.nonfinite_output_grads += 1
                 if not self.diagnose:
-                    layer.grad_sq += v * v
+                    layer.grad_sq += v   # sums of squares add up over calls
                     layer.grad_seen = True
             elif name == "sat":
                 layer.sat_count += v
@@ -722,6 +734,9 @@ def _run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, see
         ever_grad = [False] * len(inst.params)
         ever_nonzero = [False] * len(inst.params)
         nonfinite_param = [0] * len(inst.params)
+        # gradcheck never writes to parameters; a forward that does (weight clipping, max-norm
+        # constraints in place) is detected through the tensors' version counters and reported.
+        versions = [p._version for p in inst.params]
         _weight_stats(inst)
 
         def one_pass(step: int, batch: Any, watch: bool) -> dict[str, list[float]]:
@@ -757,7 +772,7 @@ def _run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, see
                 raise _user_error("backward", exc, inst, batch) from exc
             present = [i for i, g in enumerate(grads[:len(inst.params)]) if g is not None]
             if present:
-                extra["pgrad"] = torch.stack(torch._foreach_norm([grads[i] for i in present])).to(torch.float32)
+                extra["pgrad"] = _sumsq_many([grads[i] for i in present])
             extra["loss"] = loss.detach().reshape(1).to(torch.float32)
             del grads, output, loss
             vals = inst.end_step(extra)
@@ -773,7 +788,7 @@ def _run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, see
             watch = bool(inst.functional)
             losses_seen.append(vals["loss"][0])
             input_nonfinite = max(input_nonfinite, int(vals.get("input_nf", [0.0])[0]))
-            norms = dict(zip(vals["present"], vals.get("pgrad", [])))
+            norms = {i: math.sqrt(v) if v >= 0 else v for i, v in zip(vals["present"], vals.get("pgrad", []))}
             total_sq = 0.0
             for i, n in norms.items():
                 ever_grad[i] = True
@@ -817,6 +832,11 @@ def _run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, see
                            if e["forward_nonfinite"] or e["backward_nonfinite"]],
         )
         notes.extend(inst.notes)
+        changed = [n for n, p, v in zip(inst.param_names, inst.params, versions) if p._version != v]
+        if changed:
+            notes.append(f"the model's own code modified {len(changed)} parameters in place during forward "
+                         f"({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''}); gradcheck does not "
+                         "undo changes made by the model's code to its parameters")
     return PassResult(stats=run, notes=notes, loss_description=loss_description)
 
 
