@@ -120,6 +120,10 @@ def compute(loss_fn: LossFn, output: Any, batch: Any, step: int, seed: int
     if pred is None:
         raise InputError(f"the model returned {type(output).__name__}, which holds no tensor to compute a loss on",
                          hint="return a tensor (or an object with .loss/.logits), or pass --loss file.py:NAME")
+    if loss_fn.name != "callable" and not (pred.is_floating_point() or pred.is_complex()):
+        raise InputError(f"the model output is an integer tensor ({str(pred.dtype).replace('torch.', '')}, shape "
+                         f"{tuple(pred.shape)}); it carries no gradient",
+                         hint="return the logits/scores, not argmax/indices, or pass --loss file.py:NAME")
     if loss_fn.name == "auto":
         if target is not None:
             kind = "cross-entropy" if (isinstance(target, torch.Tensor) and not target.is_floating_point()) else "mse"
