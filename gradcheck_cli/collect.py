@@ -147,17 +147,29 @@ def _sumsq(t: torch.Tensor) -> torch.Tensor:
     squares overflow float32, which a float32 model's next normalisation or loss would overflow on too.
     One kernel per tensor (counting with isfinite() costs ~10x more); on the CPU a BLAS dot product is
     ~1.8x faster than vector_norm for contiguous float32 tensors."""
+    if t.is_sparse:
+        t = t.coalesce().values()
     if t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu":
         flat = t.view(-1)
         return torch.dot(flat, flat)
+    if t.dtype in (torch.float64, torch.complex128):
+        return torch.linalg.vector_norm(t).square().to(torch.float32)
     return torch.linalg.vector_norm(t, dtype=torch.float32).square()
+
+
+def _has_nonfinite(t: torch.Tensor) -> torch.Tensor:
+    """1.0 when the tensor holds NaN/Inf, else 0.0: exact (no overflow), used in the diagnosis pass."""
+    if t.is_sparse:
+        t = t.coalesce().values()
+    return torch.isfinite(t).logical_not_().any().to(torch.float32)
 
 
 def _sumsq_many(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Sums of squares of many tensors as one float32 vector: one fused _foreach_norm launch on a GPU,
     BLAS dot products on the CPU (where _foreach_norm is a loop over vector_norm anyway)."""
-    if tensors and tensors[0].device.type != "cpu":
-        return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32)).square()
+    if (tensors and tensors[0].device.type != "cpu"
+            and all(t.dtype == torch.float32 and not t.is_sparse for t in tensors)):
+        return torch.stack(torch._foreach_norm(tensors, 2)).square()
     return torch.stack([_sumsq(t) for t in tensors])
 
 
@@ -185,7 +197,6 @@ class _Layer:
     alive_bad: bool = False
     sat_total: int = 0
     time_sq: torch.Tensor | None = None
-    time_dim: int = 0
     # per-step accumulators
     step_calls: int = 0
     grad_sq: float = 0.0
@@ -224,6 +235,10 @@ class Instrumentation:
         self.diagnose = False         # a diagnosis pass: trace NaN/Inf through outputs and risky ops
         self.step_nonfinite = False   # the last pass saw a non-finite output gradient
 
+        lazy = [n for n, p in model.named_parameters() if isinstance(p, nn.parameter.UninitializedParameter)]
+        if lazy:
+            raise InputError(f"the model has uninitialised (lazy) parameters: {', '.join(lazy[:3])}",
+                             hint="run one forward pass on a real batch after building it, before gradcheck")
         # Unique parameters, each assigned to its first owner (tied weights are counted once).
         self.param_names: list[str] = []
         self.params: list[nn.Parameter] = []
@@ -238,6 +253,8 @@ class Instrumentation:
 
         for name, mod in model.named_modules():
             self.module_names[id(mod)] = name
+            if ".parametrizations" in f".{name}" or type(mod).__name__ == "ParametrizationList":
+                continue   # torch.nn.utils.parametrize internals: measured through the owning module
             direct = list(mod.parameters(recurse=False))
             kind = activation_kind(mod)
             if kind is not None:
@@ -296,7 +313,7 @@ class Instrumentation:
         if self.diagnose:
             # Diagnosis pass: every output is checked, in forward order, to find where NaN/Inf start.
             if out.is_floating_point() or out.is_complex():
-                self.rec.add(layer.slot, "out", _sumsq(out.detach()), next(self._fwd_seq))
+                self.rec.add(layer.slot, "out", _has_nonfinite(out.detach()), next(self._fwd_seq))
         else:
             layer.step_calls += 1
             if not out.is_floating_point():
@@ -325,7 +342,7 @@ class Instrumentation:
             unit_dim = 1 if channel_first and ndim >= 2 else ndim - 1
             layer.alive_dims = tuple(i for i in range(ndim) if i != unit_dim)
             layer.alive_ndim = ndim
-        peak = torch.amax(d, layer.alive_dims) if layer.alive_dims else d
+        peak = torch.amax(d, layer.alive_dims) if layer.alive_dims else d.clone()
         if layer.alive is None:
             layer.alive = peak
         elif layer.alive.shape == peak.shape:
@@ -333,30 +350,39 @@ class Instrumentation:
         else:   # the layer's width changed between calls: the per-unit view is meaningless
             layer.alive_bad = True
             layer.alive = None
+            self.notes.append(f"`{layer.name}` is called on outputs of different widths (one module shared by "
+                              "several layers): its dead units are not measured; use one activation module "
+                              "per layer to get them")
 
     def _make_grad_hook(self, layer: _Layer) -> Callable:
         slot = layer.slot
 
         def hook(g: torch.Tensor) -> None:
-            self.rec.add(slot, "g", _sumsq(g), next(self._bwd_counter))
+            if self.diagnose:
+                self.rec.add(slot, "g", _has_nonfinite(g), next(self._bwd_counter))
+            else:
+                self.rec.add(slot, "g", _sumsq(g), next(self._bwd_counter))
         return hook
 
     def _make_rnn_pre_hook(self, layer: _Layer) -> Callable:
         def pre_hook(mod: nn.Module, args: tuple) -> tuple | None:
             if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
                 return None   # PackedSequence or unusual input: no per-time-step profile
+            if self.diagnose:
+                return None
             x = args[0]
             batch_first = bool(getattr(mod, "batch_first", False))
             time_dim = 1 if (batch_first and x.dim() == 3) else 0
-            new_args = None
             if not x.requires_grad:
                 # The raw input needs no gradient for training; ask for one so we see it per time step.
                 x = x.detach().requires_grad_(True)
                 self.extra_inputs.append(x)
-                new_args = (x,) + tuple(args[1:])
-            layer.time_dim = time_dim
+            else:
+                # A fresh view: its gradient is what flows back through this layer only, not the input's
+                # total gradient (which a skip connection around the RNN would add to).
+                x = x.view_as(x)
             self.tensor_handles.append(x.register_hook(self._make_time_hook(layer, time_dim)))
-            return new_args
+            return (x,) + tuple(args[1:])
         return pre_hook
 
     def _make_time_hook(self, layer: _Layer, time_dim: int) -> Callable:
@@ -403,14 +429,17 @@ class Instrumentation:
             self.op_sites[key] = entry
             self.op_list.append(entry)
         slot = ("op", entry["index"])
-        self.rec.add(slot, "op", _sumsq(out.detach()), next(self._fwd_seq))
+        self.rec.add(slot, "op", _has_nonfinite(out.detach()), next(self._fwd_seq))
         # Backward: the gradient w.r.t. the op's *inputs* is where sqrt'(0) = inf or d(a/b)/db = -a/b^2
         # turn up first (the gradient w.r.t. its output is still finite).
-        for t in itertools.chain(args, (kwargs or {}).values()):
-            if isinstance(t, torch.Tensor) and t.requires_grad and not t.is_leaf:
-                def hook(g: torch.Tensor) -> None:
-                    self.rec.add(slot, "opg", _sumsq(g), next(self._bwd_counter))
-                self.tensor_handles.append(t.register_hook(hook))
+        node = out.grad_fn
+        if node is not None:
+            def hook(grad_inputs: tuple, grad_outputs: tuple) -> None:
+                gs = [g for g in grad_inputs if isinstance(g, torch.Tensor)]
+                if gs:
+                    bad = torch.stack([_has_nonfinite(g) for g in gs]).amax()
+                    self.rec.add(slot, "opg", bad, next(self._bwd_counter))
+            node.register_hook(hook)   # lives and dies with this pass's graph
 
     def _caller(self) -> tuple[nn.Module | None, tuple[str, int]]:
         """The innermost module of this model whose forward is on the stack, and the user's call site."""
@@ -458,14 +487,15 @@ class Instrumentation:
         extras: dict[str, list[float]] = {}
         nonfinite_bwd: list[tuple[int, str]] = []
         nonfinite_fwd: list[tuple[int, str]] = []
+        suspicious = False
         for slot, name, vals, seq in self.rec.flush():
             if slot is None:
                 extras[name] = vals
                 continue
             v = vals[0]
-            if isinstance(slot, tuple):   # a watched op call site
+            if isinstance(slot, tuple):   # a watched op call site (diagnosis only: v is an exact 0/1 flag)
                 entry = self.op_list[slot[1]]
-                if not math.isfinite(v):
+                if v > 0:
                     if name == "op":
                         entry["forward_nonfinite"] += 1
                         nonfinite_fwd.append((seq, entry["label"]))
@@ -474,21 +504,23 @@ class Instrumentation:
                         nonfinite_bwd.append((seq, entry["label"]))
                 continue
             layer = self.layers[slot]
-            if name == "out":     # diagnosis passes only
-                if not math.isfinite(v):
+            if name == "out":     # diagnosis passes only: an exact 0/1 flag
+                if v > 0:
                     layer.stats.nonfinite_outputs += 1
                     nonfinite_fwd.append((seq, layer.name))
             elif name == "g":
-                if not math.isfinite(v):
-                    nonfinite_bwd.append((seq, layer.name))
-                    if not self.diagnose:
+                if self.diagnose:             # an exact 0/1 flag
+                    if v > 0:
                         layer.stats.nonfinite_output_grads += 1
-                if not self.diagnose:
+                        nonfinite_bwd.append((seq, layer.name))
+                else:                         # a sum of squares; non-finite = NaN/Inf or overflow
+                    if not math.isfinite(v):
+                        suspicious = True
                     layer.grad_sq += v   # sums of squares add up over calls
                     layer.grad_seen = True
             elif name == "sat":
                 layer.sat_count += v
-        self.step_nonfinite = bool(nonfinite_bwd)
+        self.step_nonfinite = suspicious
         if self.diagnose:   # the diagnosis pass names the origin, down to the op; it adds no statistics
             if nonfinite_fwd:
                 self.first_nonfinite_forward = min(nonfinite_fwd)[1]
@@ -499,8 +531,6 @@ class Instrumentation:
             layer.calls_total += layer.step_calls
             if layer.grad_seen:
                 layer.grad_norms.append(math.sqrt(layer.grad_sq))
-        if nonfinite_bwd and self.first_nonfinite_backward is None:
-            self.first_nonfinite_backward = min(nonfinite_bwd)[1]
         return extras
 
     def finish(self, steps: int) -> list[S.LayerStats]:
@@ -771,7 +801,9 @@ def _run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, see
             except Exception as exc:
                 raise _user_error("backward", exc, inst, batch) from exc
             present = [i for i, g in enumerate(grads[:len(inst.params)]) if g is not None]
-            if present:
+            if present and inst.diagnose:   # exact: which parameters' gradients hold NaN/Inf
+                extra["pgrad_bad"] = torch.stack([_has_nonfinite(grads[i]) for i in present])
+            elif present:
                 extra["pgrad"] = _sumsq_many([grads[i] for i in present])
             extra["loss"] = loss.detach().reshape(1).to(torch.float32)
             del grads, output, loss
@@ -794,8 +826,6 @@ def _run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, see
                 ever_grad[i] = True
                 if n != 0.0:
                     ever_nonzero[i] = True
-                if not math.isfinite(n):
-                    nonfinite_param[i] += 1
                 total_sq += n * n
             total_norms.append(math.sqrt(total_sq))
             for layer in inst.layers:
@@ -809,9 +839,12 @@ def _run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, see
                 diagnosed = True
                 inst.diagnose = True
                 try:
-                    one_pass(step, batch, True)
+                    diag = one_pass(step, batch, True)
                 finally:
                     inst.diagnose = False
+                for i, flag in zip(diag["present"], diag.get("pgrad_bad", [])):
+                    if flag > 0:
+                        nonfinite_param[i] = 1
         for layer in inst.layers:
             layer.stats.nonfinite_param_grads = sum(1 for i in layer.owned if nonfinite_param[i])
         layers = inst.finish(steps)
@@ -848,7 +881,7 @@ def _weight_stats(inst: Instrumentation) -> None:
     wanted: list[tuple[S.LayerStats, str, float]] = []  # (stats, field, divisor applied on the host)
     rms_from_norm: list[tuple[S.LayerStats, int, int]] = []
     with torch.no_grad():
-        norms = torch._foreach_norm([p.detach() for p in inst.params], 2, dtype=torch.float32)
+        norms = [v.sqrt() for v in _sumsq_many([p.detach() for p in inst.params])]
         for layer in inst.layers:
             mod = layer.module
             if mod is None or layer.stats.role != S.PARAM:
@@ -861,7 +894,7 @@ def _weight_stats(inst: Instrumentation) -> None:
                 if i is not None:   # the std (RMS) follows from the norm already being computed
                     rms_from_norm.append((layer.stats, i, w.numel()))
                 else:               # a frozen weight
-                    scalars.append(torch.linalg.vector_norm(w.detach(), dtype=torch.float32))
+                    scalars.append(_sumsq(w.detach()).sqrt())
                     wanted.append((layer.stats, "weight_rms", math.sqrt(w.numel())))
             b = getattr(mod, "bias", None)
             if isinstance(b, torch.Tensor) and b.numel() and b.is_floating_point():

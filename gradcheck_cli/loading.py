@@ -68,9 +68,9 @@ def import_file(path_text: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
     parent = str(path.resolve().parent)
-    added = parent not in sys.path
-    if added:
-        sys.path.insert(0, parent)   # so the user's file can import its siblings
+    if parent not in sys.path:
+        # So the user's file can import its siblings, also lazily inside a factory (kept for the run).
+        sys.path.insert(0, parent)
     try:
         spec.loader.exec_module(module)
     except BaseException as exc:
@@ -78,12 +78,6 @@ def import_file(path_text: str) -> ModuleType:
         if isinstance(exc, KeyboardInterrupt):
             raise
         raise UserCodeError(_exc_text(exc), phase="import", where=_user_frame(exc, key), original=exc) from exc
-    finally:
-        if added:
-            try:
-                sys.path.remove(parent)
-            except ValueError:
-                pass
     _FILE_MODULES[key] = module
     return module
 
@@ -158,7 +152,7 @@ def build_model(obj: Any, spec: str):
                              hint="point to a zero-argument factory, e.g. def build(): return Net(...)")
     try:
         model = obj()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise UserCodeError(_exc_text(exc), phase="build", where=_user_frame(exc, source_file(spec)),
                             original=exc) from exc
     if not isinstance(model, nn.Module):

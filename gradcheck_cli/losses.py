@@ -102,7 +102,7 @@ def _cross_entropy(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 _BUILTIN_FN = {
     "cross-entropy": _cross_entropy,
     "mse": lambda p, t: F.mse_loss(p, t.to(p.dtype)),
-    "bce-with-logits": lambda p, t: F.binary_cross_entropy_with_logits(p, t.to(p.dtype)),
+    "bce-with-logits": lambda p, t: F.binary_cross_entropy_with_logits(p, t.to(p.dtype).reshape(p.shape)),
 }
 
 
@@ -115,7 +115,11 @@ def compute(loss_fn: LossFn, output: Any, batch: Any, step: int, seed: int
     if loss_fn.name == "auto":
         own = model_loss(output)
         if own is not None:
-            return _check_loss(own, "the model's own .loss"), "model's own .loss", None
+            if own.dim() > 0 and own.numel() > 1:
+                note = (f"the model's own .loss has shape {tuple(own.shape)}, not a scalar; it was reduced "
+                        "with mean()")
+                own = own.mean()
+            return _check_loss(own, "the model's own .loss"), "model's own .loss", note
     pred = primary_tensor(output)
     if pred is None:
         raise InputError(f"the model returned {type(output).__name__}, which holds no tensor to compute a loss on",
@@ -126,7 +130,11 @@ def compute(loss_fn: LossFn, output: Any, batch: Any, step: int, seed: int
                          hint="return the logits/scores, not argmax/indices, or pass --loss file.py:NAME")
     if loss_fn.name == "auto":
         if target is not None:
-            kind = "cross-entropy" if (isinstance(target, torch.Tensor) and not target.is_floating_point()) else "mse"
+            integer = isinstance(target, torch.Tensor) and not target.is_floating_point()
+            if integer and (pred.dim() == 1 or pred.shape[-1] == 1):
+                kind = "bce-with-logits"     # one logit per example: binary labels
+            else:
+                kind = "cross-entropy" if integer else "mse"
         else:
             kind = "cross-entropy" if _classification_shaped(pred, batch.token_input) else "mse"
     else:

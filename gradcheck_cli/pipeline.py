@@ -10,7 +10,8 @@ from typing import Any
 
 from gradcheck_cli import __version__
 from gradcheck_cli.config import RuleSettings, Settings
-from gradcheck_cli.deadline import Deadline, set_phase
+from gradcheck_cli.deadline import Deadline, RunTimeout, set_phase
+from gradcheck_cli.errors import UserCodeError
 from gradcheck_cli.errors import InputError
 from gradcheck_cli.findings import FailOn, Finding, Report
 from gradcheck_cli.rules import RULES
@@ -43,8 +44,12 @@ def resolve_device(name: str):
 
 def run_check(s: Settings, on_hard_stop: Any = None) -> Report:
     """Run the whole check. With s.timeout, a phase that does not finish in time raises UserCodeError."""
-    with Deadline(s.timeout, on_hard_stop):
-        return _run_check(s)
+    try:
+        with Deadline(s.timeout, on_hard_stop):
+            return _run_check(s)
+    except RunTimeout as exc:   # expired outside the user's code (imports, batch synthesis, analysis)
+        raise UserCodeError(str(exc), phase=exc.phase,
+                            hint="the run is slower than --timeout allows; raise --timeout") from exc
 
 
 def _run_check(s: Settings) -> Report:

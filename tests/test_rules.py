@@ -317,10 +317,17 @@ def test_exploding_global_grad_norm_threshold_and_option():
 
 
 def test_exploding_global_grad_norm_ignores_nonfinite():
-    # A NaN/inf global norm belongs to the non-finite rule, not here.
-    layers = [lin(0, "a", output_grad_norm=1.0, grad_norm=float("nan"))]
+    # A NaN global norm, or an inf one with NaN/Inf found by the exact check, belongs to the non-finite rule.
+    layers = [lin(0, "a", output_grad_norm=1.0, grad_norm=float("nan"), nonfinite_param_grads=1)]
     assert EXPLODING.check(run(layers, total_grad_norm=float("nan"))) == []
     assert EXPLODING.check(run(layers, total_grad_norm=float("inf"))) == []
+
+
+def test_exploding_global_grad_norm_overflow_without_nonfinite_values():
+    # An inf norm where the exact check found no NaN/Inf: the sum of squares overflowed float32.
+    layers = [lin(0, "a", output_grad_norm=1.0, grad_norm=float("inf"))]
+    (f,) = EXPLODING.check(run(layers, total_grad_norm=float("inf")))
+    assert "overflows float32" in f.message
 
 
 def test_exploding_through_time_rnn():

@@ -68,14 +68,20 @@ def exploding_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
         msg = (f"The error signal |dL/dy| grows {fmt(ratio)}x from the last layers back to the first "
                f"({fmt(l)} -> {fmt(e)}; x{per_layer:.2f} per layer over {len(profile)} layers).")
         findings.append(r.finding(profile[0].name, msg, evidence, _fixes(stats, evidence), sev))
-    if stats.total_grad_norm is not None and math.isfinite(stats.total_grad_norm) \
-            and stats.total_grad_norm > opts["max_grad_norm"]:
+    exact_nonfinite = bool(stats.first_nonfinite_backward or stats.first_nonfinite_forward
+                           or any(l.nonfinite_param_grads for l in stats.layers)
+                           or any(not math.isfinite(v) for v in stats.losses))
+    g = stats.total_grad_norm
+    # An infinite norm with no NaN/Inf found by the exact check is a float32 overflow (norm > ~1.8e19).
+    if g is not None and not math.isnan(g) and g > opts["max_grad_norm"] and (math.isfinite(g) or not exact_nonfinite):
         top = max((x for x in stats.layers if x.grad_norm is not None and math.isfinite(x.grad_norm)),
                   key=lambda x: x.grad_norm, default=None)
         evidence = {"total_grad_norm": stats.total_grad_norm, "max_over_steps": stats.total_grad_norm_max,
                     "threshold": opts["max_grad_norm"],
                     "largest_layer": top.name if top else None, "largest_layer_grad_norm": top.grad_norm if top else None}
-        msg = (f"The global gradient norm is {fmt(stats.total_grad_norm)} (threshold {fmt(opts['max_grad_norm'])})"
+        size = ("overflows float32 (above ~1.8e19) although no value is NaN/Inf" if math.isinf(g)
+                else f"is {fmt(g)}")
+        msg = (f"The global gradient norm {size} (threshold {fmt(opts['max_grad_norm'])})"
                + (f", largest at {name(top.name)} ({fmt(top.grad_norm)})." if top else "."))
         findings.append(r.finding(top.name if top else None, msg, evidence, _fixes(stats, evidence)))
     for layer in stats.layers:

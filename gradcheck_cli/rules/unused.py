@@ -61,8 +61,8 @@ def unused_parameters(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Fi
         groups = _by_module(stats.zero_grad_parameters)
         mods = list(groups)
         n = len(stats.zero_grad_parameters)
-        msg = (f"{n} trainable parameter{'s' if n > 1 else ''} in {list_names(mods)} receive an exactly-zero "
-               f"gradient in every pass.")
+        msg = (f"{n} trainable parameter{'s' if n > 1 else ''} in {list_names(mods)} receive{'' if n > 1 else 's'} "
+               "an exactly-zero gradient in every pass.")
         dead = [l for l in stats.layers if l.activation == S.RELU and l.dead_fraction == 1.0]
         severity = None
         if dead:   # the cause is reported by dead-relus; keep this as context, not a second failure
