@@ -43,7 +43,7 @@ def exploding_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
         grows backward, so their product looks flat across depth while everything is astronomically large.
 
     Example:
-        A 12-layer ReLU MLP initialised with std 0.15 at width 256 (He would be 0.088):
+        A 16-layer ReLU MLP initialised with std 0.2 at width 256 (He would be 0.088):
         examples/exploding_deep_relu.py, early/late ratio ~1e4. A ReLU nn.RNN with W_hh = 1.15 * I over
         100 steps: examples/rnn_exploding.py.
 
