@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from gradcheck_cli.batches_shape import parse_shape  # noqa: F401  (re-exported)
-from gradcheck_cli.errors import InputError, UserCodeError
+from gradcheck_cli.errors import InputError, UserCodeError, exc_line
 
 DEFAULT_BATCH = 8
 DEFAULT_SEQ = 32
@@ -101,6 +101,12 @@ def to_batch(obj: Any, where: str) -> Batch:
                      f"got {type(obj).__name__}")
 
 
+def _on_device(b: Batch, device: torch.device, float_dtype: torch.dtype | None) -> Batch:
+    """The batch moved to `device`, floating inputs cast to the model's dtype (targets keep theirs)."""
+    return Batch(args=_to(b.args, device, float_dtype), kwargs=_to(b.kwargs, device, float_dtype),
+                 target=_to(b.target, device, None), token_input=b.token_input)
+
+
 def model_float_dtype(model: nn.Module) -> torch.dtype | None:
     for p in model.parameters():
         if p.is_floating_point():
@@ -117,9 +123,7 @@ class FixedBatches:
         self.float_dtype = float_dtype
 
     def get(self, step: int, device: torch.device) -> Batch:
-        b = self.batch
-        return Batch(args=_to(b.args, device, self.float_dtype), kwargs=_to(b.kwargs, device, self.float_dtype),
-                     target=_to(b.target, device, None), token_input=b.token_input)
+        return _on_device(self.batch, device, self.float_dtype)
 
 
 class CallableBatches:
@@ -149,11 +153,9 @@ class CallableBatches:
         except (InputError, UserCodeError):
             raise
         except Exception as exc:
-            raise UserCodeError(f"{type(exc).__name__}: {exc}", phase="batch", where=self.spec,
+            raise UserCodeError(exc_line(exc), phase="batch", where=self.spec,
                                 original=exc) from exc
-        b = to_batch(raw, self.spec)
-        return Batch(args=_to(b.args, device, self.float_dtype), kwargs=_to(b.kwargs, device, self.float_dtype),
-                     target=_to(b.target, device, None), token_input=b.token_input)
+        return _on_device(to_batch(raw, self.spec), device, self.float_dtype)
 
 
 @dataclass
@@ -233,8 +235,7 @@ def load_batch_file(path: Path) -> Batch:
         except InputError:
             raise
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"cannot read batch file {path}: {first[:200]}",
+            raise InputError(f"cannot read batch file {path}: {exc_line(exc, 200)}",
                              hint="numeric arrays only: object arrays are refused (allow_pickle=False)") from None
         for a, b in (("inputs", "targets"), ("x", "y"), ("input", "target")):
             if set(arrays) == {a, b}:

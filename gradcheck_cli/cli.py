@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 from typing_extensions import Annotated
 
 from gradcheck_cli import __version__
-from gradcheck_cli.errors import EXIT_USAGE, GradcheckError, InputError
+from gradcheck_cli.errors import EXIT_USAGE, GradcheckError, InputError, exc_line
 from gradcheck_cli.findings import FailOn
 
 EXIT_CODES_HELP = (
@@ -47,7 +47,7 @@ class _Group(TyperGroup):
             sys.exit(EXIT_USAGE)
         except typer.Abort:
             err.print("error: aborted")
-            sys.exit(1)
+            sys.exit(130)   # not 1, which means "findings"
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -164,11 +164,11 @@ def check(
         raise typer.Exit(130)
     except Exception as exc:   # a bug in gradcheck itself: say so, keep the traceback behind --verbose
         _write_error(target, model, {"type": "internal", "phase": _phase_now(target["started"]),
-                                     "message": f"{type(exc).__name__}: {exc}", "where": None, "hint": None,
+                                     "message": exc_line(exc), "where": None, "hint": None,
                                      "exit_code": EXIT_INTERNAL})
         if verbose:
             raise
-        err.print(f"error: internal error in gradcheck: {type(exc).__name__}: {exc} "
+        err.print(f"error: internal error in gradcheck: {exc_line(exc)} "
                   "(re-run with --verbose and report it)", markup=False)
         raise typer.Exit(EXIT_INTERNAL)
     raise typer.Exit(report.exit_code)

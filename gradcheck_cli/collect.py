@@ -31,7 +31,7 @@ from torch.overrides import TorchFunctionMode
 
 from gradcheck_cli import stats as S
 from gradcheck_cli.deadline import RunTimeout, set_phase
-from gradcheck_cli.errors import InputError, UserCodeError
+from gradcheck_cli.errors import InputError, UserCodeError, exc_line
 from gradcheck_cli.losses import primary_tensor
 
 # ----------------------------------------------------------------------------------------------------------
@@ -191,6 +191,7 @@ class _Layer:
     kind: str | None
     owned: list[int] = field(default_factory=list)      # indexes into the trainable-parameter list
     first_call: int | None = None
+    all_alive: bool = False   # every unit has been non-zero at least once: nothing left to track
     alive_dims: tuple[int, ...] | None = None
     alive_ndim: int = -1
     alive: torch.Tensor | None = None
@@ -325,7 +326,7 @@ class Instrumentation:
             elif kind == S.TANH:
                 self.rec.add(layer.slot, "sat", out.detach().abs().gt_(TANH_SAT).sum(dtype=torch.float32))
                 layer.sat_total += out.numel()
-            elif kind == S.RELU and out.dim() >= 1 and not layer.alive_bad:
+            elif kind == S.RELU and out.dim() >= 1 and not layer.alive_bad and not layer.all_alive:
                 self._track_alive(layer, out.detach())
         if out.requires_grad:
             if layer.grad_hook is None:
@@ -479,6 +480,10 @@ class Instrumentation:
     def end_step(self, extra: dict[str, torch.Tensor]) -> dict[str, list[float]]:
         """Flush the step's statistics in one transfer; returns the extra named values."""
         self.remove_tensor_hooks()
+        if not self.diagnose:
+            for layer in self.layers:
+                if layer.alive is not None and not layer.all_alive:
+                    self.rec.add(layer.slot, "dead", layer.alive.le(0).sum(dtype=torch.float32))
         for key, value in extra.items():
             if value.dim() == 0:
                 self.rec.add(None, key, value.to(torch.float32))
@@ -520,6 +525,8 @@ class Instrumentation:
                     layer.grad_seen = True
             elif name == "sat":
                 layer.sat_count += v
+            elif name == "dead" and v == 0:
+                layer.all_alive = True   # a unit that fired once can never be "dead in every pass" again
         self.step_nonfinite = suspicious
         if self.diagnose:   # the diagnosis pass names the origin, down to the op; it adds no statistics
             if nonfinite_fwd:
@@ -920,7 +927,7 @@ def _weight_stats(inst: Instrumentation) -> None:
 
 def _user_error(phase: str, exc: BaseException, inst: Instrumentation, batch: Any) -> UserCodeError:
     where = inst.module_at(exc)
-    msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
+    msg = exc_line(exc)
     hint = None
     oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
                                   getattr(torch.cuda, "OutOfMemoryError", None), MemoryError) if t is not None)

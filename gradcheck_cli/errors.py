@@ -8,6 +8,17 @@ EXIT_USAGE = 2
 EXIT_USER_CODE = 3
 
 
+def exc_line(exc: BaseException, limit: int = 300) -> str:
+    """`Type: first line of the message`, trimmed: how any exception is quoted in a one-line error."""
+    if type(exc).__name__ == "RunTimeout":
+        return str(exc)
+    text = str(exc).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    if len(first) > limit:
+        first = first[:limit - 1] + "…"
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 class GradcheckError(Exception):
     """Base class: a one-line message for the user and the exit code it maps to."""
 

@@ -14,16 +14,23 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from gradcheck_cli.errors import InputError, UserCodeError
+from gradcheck_cli.errors import InputError, UserCodeError, exc_line
 
 _FILE_MODULES: dict[str, ModuleType] = {}
+
+
+_SPEC_HINTS = {
+    "model": "NAME is a module class, a zero-argument factory or a module instance",
+    "batch": "NAME is a function returning a batch (or a generator of batches); or give a .pt/.npz/.npy file",
+    "loss": "NAME is a function (output, target) -> scalar tensor; or use cross-entropy, mse, bce-with-logits",
+}
 
 
 def split_spec(spec: str, what: str = "model") -> tuple[str, str]:
     target, sep, name = spec.rpartition(":")
     if not sep or not target or not name or not name.replace("_", "a").replace(".", "a").isalnum():
         raise InputError(f"bad {what} spec {spec!r}: expected 'path/to/file.py:NAME' or 'package.module:NAME'",
-                         hint="NAME is a module class, a zero-argument factory or a module instance")
+                         hint=_SPEC_HINTS.get(what))
     return target, name
 
 
@@ -45,17 +52,11 @@ def _user_frame(exc: BaseException, path: str | None = None) -> str | None:
     return f"{pick.filename}:{pick.lineno}" if pick else None
 
 
-def _exc_text(exc: BaseException) -> str:
-    if type(exc).__name__ == "RunTimeout":
-        return str(exc)
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def import_file(path_text: str) -> ModuleType:
+def import_file(path_text: str, what: str = "model") -> ModuleType:
     path = Path(path_text)
     if not path.exists():
-        raise InputError(f"file not found: {path_text}", hint="check the path (relative to the current directory)")
+        raise InputError(f"{what} file not found: {path_text}",
+                         hint="check the path (relative to the current directory)")
     if path.is_dir() or path.suffix != ".py":
         raise InputError(f"not a Python file: {path_text}", hint="point to a .py file, e.g. model.py:build")
     key = str(path.resolve())
@@ -77,7 +78,7 @@ def import_file(path_text: str) -> ModuleType:
         sys.modules.pop(mod_name, None)
         if isinstance(exc, KeyboardInterrupt):
             raise
-        raise UserCodeError(_exc_text(exc), phase="import", where=_user_frame(exc, key), original=exc) from exc
+        raise UserCodeError(exc_line(exc), phase="import", where=_user_frame(exc, key), original=exc) from exc
     _FILE_MODULES[key] = module
     return module
 
@@ -95,11 +96,11 @@ def import_module(target: str) -> ModuleType:
         if exc.name and (target == exc.name or target.startswith(exc.name + ".")):
             raise InputError(f"module not found: {target}",
                              hint="install it, run from its project directory, or use path/to/file.py:NAME") from None
-        raise UserCodeError(_exc_text(exc), phase="import", where=_user_frame(exc), original=exc) from exc
+        raise UserCodeError(exc_line(exc), phase="import", where=_user_frame(exc), original=exc) from exc
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
-        raise UserCodeError(_exc_text(exc), phase="import", where=_user_frame(exc), original=exc) from exc
+        raise UserCodeError(exc_line(exc), phase="import", where=_user_frame(exc), original=exc) from exc
     finally:
         if added:
             try:
@@ -119,7 +120,7 @@ def source_file(spec: str) -> str | None:
 
 def load_object(spec: str, what: str = "model") -> Any:
     target, name = split_spec(spec, what)
-    module = import_file(target) if _looks_like_file(target) else import_module(target)
+    module = import_file(target, what) if _looks_like_file(target) else import_module(target)
     obj: Any = module
     for part in name.split("."):
         if not hasattr(obj, part):
@@ -153,7 +154,7 @@ def build_model(obj: Any, spec: str):
     try:
         model = obj()
     except (Exception, SystemExit) as exc:
-        raise UserCodeError(_exc_text(exc), phase="build", where=_user_frame(exc, source_file(spec)),
+        raise UserCodeError(exc_line(exc), phase="build", where=_user_frame(exc, source_file(spec)),
                             original=exc) from exc
     if not isinstance(model, nn.Module):
         raise InputError(f"{spec} returned {type(model).__name__}, not an nn.Module",

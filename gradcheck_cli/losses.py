@@ -143,12 +143,8 @@ def compute(loss_fn: LossFn, output: Any, batch: Any, step: int, seed: int
     if synthetic:
         target = synth_target("cross-entropy" if kind == "callable" and _classification_shaped(
             pred, batch.token_input) else kind, pred, gen)
-    if kind == "callable":
-        loss = loss_fn.fn(output, target)
-        desc = f"{loss_fn.spec}"
-    else:
-        loss = _BUILTIN_FN[kind](pred, target)
-        desc = kind
+    loss = loss_fn.fn(output, target) if kind == "callable" else _BUILTIN_FN[kind](pred, target)
+    desc = loss_fn.description if kind == "callable" else kind
     if synthetic:
         desc += " (synthetic targets)"
     if isinstance(loss, torch.Tensor) and loss.dim() > 0 and loss.numel() > 1:
