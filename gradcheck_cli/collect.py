@@ -681,9 +681,10 @@ class _ModelState:
 
 
 def _model_device(model: nn.Module) -> torch.device | None:
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        return t.device
-    return None
+    """The model's one device, or None when it has no tensors or spans several devices (then gradcheck
+    runs it where it is and never moves it)."""
+    devices = {t.device for t in itertools.chain(model.parameters(), model.buffers())}
+    return devices.pop() if len(devices) == 1 else None
 
 
 def _snapshot(model: nn.Module) -> _ModelState:
@@ -716,7 +717,11 @@ def instrument(model: nn.Module, device: torch.device | None = None) -> Iterator
     with torch.random.fork_rng(devices=devices):
         try:
             if device is not None and state.device is not None and state.device != device:
-                model.to(device)
+                try:
+                    model.to(device)
+                except RuntimeError as exc:   # e.g. CUDA out of memory while copying the weights
+                    raise InputError(f"cannot move the model to {device}: {exc_line(exc, 160)}",
+                                     hint="use --device cpu, or a smaller model") from None
             model.train()
             inst = Instrumentation(model)
             inst.attach()
