@@ -185,6 +185,13 @@ def _rules(p: str, value: Any, rules: Any, get_rule: Any) -> dict[str, RuleSetti
     return out
 
 
+def load_rules_mapping(rules: dict[str, Any], source: str) -> dict[str, RuleSettings]:
+    """Validate per-rule settings given in code (the Python API), with the config file's checks."""
+    from gradcheck_cli.rules import RULES, get_rule
+
+    return _rules(source, rules, RULES, get_rule)
+
+
 def resolve(cli: dict[str, Any], config_path: Path | None, cwd: Path | None = None) -> Settings:
     """Defaults < config file < flags given on the command line (None means 'not given')."""
     cwd = cwd or Path.cwd()

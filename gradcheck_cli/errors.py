@@ -32,6 +32,9 @@ class GradcheckError(Exception):
     def one_line(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
+    def __str__(self) -> str:   # what the CLI prints after "error: ", for Python API users too
+        return self.one_line()
+
 
 class InputError(GradcheckError):
     """Usage, configuration or input problem (exit 2): bad spec, missing file, bad shape, bad config."""

@@ -71,6 +71,13 @@ def _run_check(s: Settings) -> Report:
         model = loading.build_model(obj, s.model)
     set_phase("batch")
     source = batches.make_batch_source(s.batch, s.input_shape, model, s.seed)
+    return check_loaded(model, source, loss_fn, s, device, t0)
+
+
+def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any, t0: float) -> Report:
+    """The passes, the rules and the report for a model, batch source and loss already in hand."""
+    from gradcheck_cli import collect
+
     t1 = time.perf_counter()
     result = collect.run_passes(model, source, loss_fn, steps=s.steps, seed=s.seed, device=device)
     set_phase("analysis")
