@@ -220,7 +220,7 @@ class Instrumentation:
         self.tensor_handles: list[Any] = []   # hooks on tensors of the current pass; removed after it
         self.layers: list[_Layer] = []
         self.by_module: dict[int, _Layer] = {}
-        self.functional: dict[tuple, _Layer] = {}
+        self.functional: dict[tuple, _Layer | None] = {}   # (kind, call site) -> layer, None = not ours
         self.module_names: dict[int, str] = {}
         self.activation_modules: set[int] = set()
         self.extra_inputs: list[torch.Tensor] = []
@@ -400,20 +400,24 @@ class Instrumentation:
     # -- functional activations ----------------------------------------------------------------------------
 
     def on_functional(self, kind: str, out: torch.Tensor) -> None:
-        owner, site = self._caller()
-        if owner is not None and id(owner) in self.activation_modules:
-            return   # e.g. nn.Sigmoid calling torch.sigmoid: already measured as a module
-        owner_name = self.module_names.get(id(owner), "") if owner is not None else ""
-        key = (owner_name, kind, site)
-        layer = self.functional.get(key)
-        if layer is None:
-            label = f"{owner_name or '(model)'}.{_FUNC_NAMES[kind]}@{site[1]}"
-            st = S.LayerStats(index=-1, name=label, type=f"{_FUNC_NAMES[kind]}()", role=S.FUNCTIONAL,
-                              activation=kind)
-            layer = _Layer(slot=len(self.layers), name=label, module=None, stats=st, kind=kind)
-            self.layers.append(layer)
-            self.functional[key] = layer
-        self._on_output(layer, out)
+        # Keyed by call site (a cheap stack walk); the owning module is looked up once per site.
+        site = _user_site()
+        key = (kind, site)
+        if key not in self.functional:
+            owner = self._owner()
+            if owner is not None and id(owner) in self.activation_modules:
+                self.functional[key] = None   # e.g. nn.Sigmoid calling torch.sigmoid: measured as a module
+            else:
+                owner_name = self.module_names.get(id(owner), "") if owner is not None else ""
+                label = f"{owner_name or '(model)'}.{_FUNC_NAMES[kind]}@{site[1]}"
+                st = S.LayerStats(index=-1, name=label, type=f"{_FUNC_NAMES[kind]}()", role=S.FUNCTIONAL,
+                                  activation=kind)
+                layer = _Layer(slot=len(self.layers), name=label, module=None, stats=st, kind=kind)
+                self.layers.append(layer)
+                self.functional[key] = layer
+        layer = self.functional[key]
+        if layer is not None:
+            self._on_output(layer, out)
 
     def on_risky(self, op: str, out: torch.Tensor, args: tuple, kwargs: dict | None) -> None:
         if not out.is_floating_point():
@@ -422,7 +426,7 @@ class Instrumentation:
         key = (op, site)
         entry = self.op_sites.get(key)
         if entry is None:
-            owner, _ = self._caller()
+            owner = self._owner()
             owner_name = self.module_names.get(id(owner), "") if owner is not None else ""
             entry = {"op": op, "file": _display_path(site[0]), "line": site[1], "module": owner_name or "(model)",
                      "label": f"{op}() at {os.path.basename(site[0])}:{site[1]} in `{owner_name or '(model)'}`",
@@ -442,19 +446,16 @@ class Instrumentation:
                     self.rec.add(slot, "opg", bad, next(self._bwd_counter))
             node.register_hook(hook)   # lives and dies with this pass's graph
 
-    def _caller(self) -> tuple[nn.Module | None, tuple[str, int]]:
-        """The innermost module of this model whose forward is on the stack, and the user's call site."""
+    def _owner(self) -> nn.Module | None:
+        """The innermost module of this model whose forward is on the stack (reads frame locals: called
+        once per call site, not per call)."""
         frame = sys._getframe(2)
-        site: tuple[str, int] | None = None
         while frame is not None:
-            fname = frame.f_code.co_filename
-            if site is None and not fname.startswith(_TORCH_DIR) and not fname.startswith(_SELF_DIR):
-                site = (fname, frame.f_lineno)
             obj = frame.f_locals.get("self")
             if obj is not None and id(obj) in self.module_names and isinstance(obj, nn.Module):
-                return obj, site or (fname, frame.f_lineno)
+                return obj
             frame = frame.f_back
-        return None, site or ("?", 0)
+        return None
 
     def module_at(self, exc: BaseException) -> str | None:
         """Name the innermost module of this model in whose code the exception was raised."""
@@ -829,7 +830,7 @@ def _run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, see
             set_phase("batch")
             batch = batches.get(step, device)
             vals = one_pass(step, batch, watch)
-            watch = bool(inst.functional)
+            watch = any(layer is not None for layer in inst.functional.values())
             losses_seen.append(vals["loss"][0])
             input_nonfinite = max(input_nonfinite, int(vals.get("input_nf", [0.0])[0]))
             norms = {i: math.sqrt(v) if v >= 0 else v for i, v in zip(vals["present"], vals.get("pgrad", []))}

@@ -55,7 +55,7 @@ def run_check(s: Settings, on_hard_stop: Any = None) -> Report:
 def _run_check(s: Settings) -> Report:
     t0 = time.perf_counter()
     set_phase("load")
-    from gradcheck_cli import batches, collect, loading, losses
+    from gradcheck_cli import batches, loading, losses
 
     device = resolve_device(s.device)
     loss_fn = losses.resolve(s.loss)
