@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
+from gradcheck_cli import __version__
+
 SCHEMA_VERSION = 1
 
 
@@ -41,6 +43,15 @@ class Finding:
     message: str                    # one sentence
     evidence: dict[str, Any] = field(default_factory=dict)
     fixes: list[str] = field(default_factory=list)
+    # Where the offending layer is defined: {"file": path relative to the working directory, "line": n}.
+    location: dict[str, Any] | None = None
+    # Set when the finding does not count toward the exit code:
+    # {"by": "baseline" | "ignore", "reason": str}.
+    suppressed: dict[str, Any] | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.suppressed is None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -62,14 +73,18 @@ class Report:
     schema_version: int = SCHEMA_VERSION
 
     def counts(self) -> dict[str, int]:
-        out = {s.value: 0 for s in Severity}
-        for f in self.findings:
-            out[f.severity.value] += 1
-        return out
+        """Findings that count (not suppressed by a baseline or an ignore), by severity."""
+        return _counts(self.findings)
+
+    def active_findings(self) -> list[Finding]:
+        return [f for f in self.sorted_findings() if f.active]
+
+    def suppressed_findings(self) -> list[Finding]:
+        return [f for f in self.sorted_findings() if not f.active]
 
     def failing(self) -> list[Finding]:
         t = self.fail_on.threshold()
-        return [] if t is None else [f for f in self.findings if f.severity.rank >= t]
+        return [] if t is None else [f for f in self.findings if f.active and f.severity.rank >= t]
 
     @property
     def exit_code(self) -> int:
@@ -94,12 +109,108 @@ class Report:
             "notes": self.notes,
             "summary": {
                 "counts": self.counts(),
+                "suppressed": len(self.suppressed_findings()),
                 "fail_on": self.fail_on.value,
                 "verdict": self.verdict,
                 "exit_code": self.exit_code,
             },
             "timings": self.timings,
         })
+
+
+def _counts(findings: list[Finding]) -> dict[str, int]:
+    out = {s.value: 0 for s in Severity}
+    for f in findings:
+        if f.active:
+            out[f.severity.value] += 1
+    return out
+
+
+@dataclass
+class ModelError:
+    """A model of a run that could not be checked (exit 2, 3 or 4), and why."""
+
+    spec: str | None
+    error: dict[str, Any]    # type, phase, message, where, hint, exit_code
+
+    @property
+    def exit_code(self) -> int:
+        return int(self.error["exit_code"])
+
+
+@dataclass
+class Suite:
+    """Everything one `gradcheck check` produced: a report per model checked, the models that could not
+    be checked, and what a baseline suppressed. Renderers take this (a lone Report is wrapped in one)."""
+
+    reports: list[Report]
+    errors: list[ModelError] = field(default_factory=list)
+    fail_on: FailOn = FailOn.WARNING
+    baseline: dict[str, Any] | None = None   # {"path", "suppressed", "resolved": [entries no longer found]}
+
+    @classmethod
+    def of(cls, obj: "Report | Suite") -> "Suite":
+        return obj if isinstance(obj, Suite) else cls(reports=[obj], fail_on=obj.fail_on)
+
+    @property
+    def single(self) -> bool:
+        return len(self.reports) + len(self.errors) == 1
+
+    def findings(self) -> list[Finding]:
+        return [f for r in self.reports for f in r.findings]
+
+    def counts(self) -> dict[str, int]:
+        return _counts(self.findings())
+
+    @property
+    def exit_code(self) -> int:
+        """The highest of the models' codes: a model that could not be checked (2-4) outranks findings (1)."""
+        return max([r.exit_code for r in self.reports] + [e.exit_code for e in self.errors] + [0])
+
+    @property
+    def verdict(self) -> str:
+        if self.errors:
+            return "error"
+        return "fail" if self.exit_code else "pass"
+
+    def to_dict(self) -> dict[str, Any]:
+        """One model: that model's report (or error document), unchanged. Several: a combined document."""
+        if self.single and self.reports:
+            d = self.reports[0].to_dict()
+            if self.baseline is not None:
+                d["baseline"] = _json_safe(self.baseline)
+            return d
+        if self.single:
+            return error_document(self.errors[0].error, self.errors[0].spec)
+        return _json_safe({
+            "schema_version": SCHEMA_VERSION,
+            "tool": {"name": "gradcheck", "version": __version__},
+            "reports": [r.to_dict() for r in self.reports],
+            "errors": [{"model": {"spec": e.spec}, "error": e.error} for e in self.errors],
+            "baseline": self.baseline,
+            "summary": {
+                "models": len(self.reports) + len(self.errors),
+                "counts": self.counts(),
+                "suppressed": sum(1 for f in self.findings() if not f.active),
+                "fail_on": self.fail_on.value,
+                "verdict": self.verdict,
+                "exit_code": self.exit_code,
+            },
+        })
+
+
+def error_document(error: dict[str, Any], model_spec: str | None) -> dict[str, Any]:
+    """The JSON written when a run ends with exit 2, 3 or 4: why, and nothing measured."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "gradcheck", "version": __version__},
+        "model": {"spec": model_spec},
+        "error": error,
+        "layers": [],
+        "findings": [],
+        "summary": {"counts": {"error": 0, "warning": 0, "info": 0}, "verdict": "error",
+                    "exit_code": error["exit_code"]},
+    }
 
 
 def _json_safe(obj: Any) -> Any:

@@ -56,9 +56,14 @@ def build(stats: S.RunStats, spec: str):
     settings = {"steps": 3, "seed": 0, "device": "cpu", "batch": "synthetic N(0,1) 8x64",
                 "input_shape": [8, 64], "loss": "cross-entropy (synthetic targets)", "fail_on": "warning",
                 "config": None, "rules": {}}
-    return make_report(stats, findings, spec=spec, model_class="Net", settings=settings,
-                       fail_on=FailOn.WARNING, timings={"load_s": 0.5, "passes_s": 0.25, "analysis_s": 0.01,
-                                                        "total_s": 0.76})
+    file = spec.rpartition(":")[0]
+    for f in findings:   # as pipeline.check_loaded sets them from the model's source
+        f.location = {"file": file, "line": 12 if f.layer == "aux" else 9}
+    report = make_report(stats, findings, spec=spec, model_class="Net", settings=settings,
+                         fail_on=FailOn.WARNING, timings={"load_s": 0.5, "passes_s": 0.25, "analysis_s": 0.01,
+                                                          "total_s": 0.76})
+    report.model["source"] = {"file": file, "line": 5}
+    return report
 
 
 def check_golden(name: str, text: str) -> None:
@@ -86,6 +91,14 @@ def test_json_golden(case, stats_fn):
     doc = json.loads(out.getvalue())
     assert doc["schema_version"] == 1
     check_golden(f"{case}.json", out.getvalue())
+
+
+@pytest.mark.parametrize("fmt,suffix", [("sarif", "sarif"), ("junit", "junit.xml"), ("markdown", "md")])
+@pytest.mark.parametrize("case,stats_fn", [("broken", broken_stats), ("healthy", healthy_stats)])
+def test_ci_format_goldens(case, stats_fn, fmt, suffix):
+    out = io.StringIO()
+    render(build(stats_fn(), f"model_{case}.py:build"), fmt, out)
+    check_golden(f"{case}.{suffix}", out.getvalue())
 
 
 def test_broken_golden_has_each_expected_finding():

@@ -1,60 +1,74 @@
-"""Renderers: one module per output format, chosen from a table. Each takes only the finished Report."""
+"""Renderers: one module per output format, chosen from a table. Each takes only the finished results
+(a `Suite`: one Report per model, plus the models that could not be checked); a lone Report is wrapped."""
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from gradcheck_cli import __version__
-from gradcheck_cli.findings import SCHEMA_VERSION, Report
-from gradcheck_cli.report import json_report, text
-
+from gradcheck_cli.findings import FailOn, ModelError, Report, Suite, error_document
+from gradcheck_cli.report import html, json_report, junit, markdown, sarif, text
 
 RENDERERS: dict[str, Callable[..., None]] = {
     "text": text.render,
     "json": json_report.render,
+    "sarif": sarif.render,
+    "junit": junit.render,
+    "markdown": markdown.render,
+    "html": html.render,
 }
 
+# `--output report.sarif` without a FORMAT: prefix or --format: the format follows the file name.
+SUFFIXES: dict[str, str] = {".json": "json", ".sarif": "sarif", ".xml": "junit", ".md": "markdown",
+                            ".markdown": "markdown", ".html": "html", ".htm": "html", ".txt": "text"}
 
-def render(report: Report, fmt: str, out: TextIO, *, color: bool | None = None, width: int | None = None,
+__all__ = ["RENDERERS", "SUFFIXES", "render", "write_file", "write_error_file", "error_document", "parse_output"]
+
+
+def render(results: Report | Suite, fmt: str, out: TextIO, *, color: bool | None = None, width: int | None = None,
            max_rows: int = 40) -> None:
-    RENDERERS[fmt](report, out, color=color, width=width, max_rows=max_rows)
+    RENDERERS[fmt](Suite.of(results), out, color=color, width=width, max_rows=max_rows)
 
 
-def write_file(report: Report, fmt: str, path: Path, *, max_rows: int = 40) -> None:
-    """Write the report to `path` atomically."""
-    _atomic_write(path, lambda fh: render(report, fmt, fh, color=False, width=100, max_rows=max_rows))
+def parse_output(value: str, default_format: str | None) -> tuple[str, Path]:
+    """'FORMAT:PATH' -> (format, path); a bare PATH takes --format, else its suffix, else text."""
+    head, sep, tail = value.partition(":")
+    if sep and head in RENDERERS and tail:
+        return head, Path(tail)
+    if default_format is not None:
+        return default_format, Path(value)
+    return SUFFIXES.get(Path(value).suffix.lower(), "text"), Path(value)
 
 
-def error_document(error: dict[str, Any], model_spec: str | None) -> dict[str, Any]:
-    """The JSON written to --output when a run ends with exit 2, 3 or 4: why, and nothing measured."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "tool": {"name": "gradcheck", "version": __version__},
-        "model": {"spec": model_spec},
-        "error": error,
-        "layers": [],
-        "findings": [],
-        "summary": {"counts": {"error": 0, "warning": 0, "info": 0}, "verdict": "error",
-                    "exit_code": error["exit_code"]},
-    }
-
-
-def write_error_file(error: dict[str, Any], model_spec: str | None, fmt: str, path: Path) -> None:
-    """Still leave a readable report behind for CI when the run failed (atomically, like reports)."""
+def write_file(results: Report | Suite, fmt: str, path: Path, *, max_rows: int = 40) -> None:
+    """Write the report to `path` atomically (appended instead when `path` is $GITHUB_STEP_SUMMARY,
+    which other steps' output shares)."""
     def write(fh: TextIO) -> None:
-        if fmt == "json":
-            json.dump(error_document(error, model_spec), fh, indent=2)
-            fh.write("\n")
-        else:
-            where = f" in {error['where']}" if error.get("where") else ""
-            hint = f" ({error['hint']})" if error.get("hint") else ""
-            fh.write(f"gradcheck {__version__}  {model_spec}\nerror ({error['phase']}{where}): "
-                     f"{error['message']}{hint}\nexit {error['exit_code']}\n")
+        render(results, fmt, fh, color=False, width=100, max_rows=max_rows)
+
+    if _is_step_summary(path):
+        with open(path, "a", encoding="utf-8") as fh:
+            write(fh)
+        return
     _atomic_write(path, write)
+
+
+def write_error_file(error: dict[str, Any], model_spec: str | None, fmt: str, path: Path,
+                     fail_on: FailOn = FailOn.WARNING) -> None:
+    """Still leave a readable report behind for CI when the run failed (atomically, like reports)."""
+    write_file(Suite(reports=[], errors=[ModelError(model_spec, error)], fail_on=fail_on), fmt, path)
+
+
+def _is_step_summary(path: Path) -> bool:
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not summary:
+        return False
+    try:
+        return Path(summary).resolve() == path.resolve()
+    except OSError:
+        return False
 
 
 def _atomic_write(path: Path, write: Callable[[TextIO], None]) -> None:

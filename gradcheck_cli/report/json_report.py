@@ -1,13 +1,15 @@
-"""JSON report (schema documented in docs/json-schema.md; `schema_version` bumps on breaking changes)."""
+"""JSON report (schema documented in docs/json-schema.md; `schema_version` bumps on breaking changes).
+
+One model: that model's report. Several models: a combined document with a report per model."""
 
 from __future__ import annotations
 
 import json
 from typing import TextIO
 
-from gradcheck_cli.findings import Report
+from gradcheck_cli.findings import Suite
 
 
-def render(report: Report, out: TextIO, **_: object) -> None:
-    json.dump(report.to_dict(), out, indent=2, allow_nan=False)
+def render(suite: Suite, out: TextIO, **_: object) -> None:
+    json.dump(suite.to_dict(), out, indent=2, allow_nan=False)
     out.write("\n")

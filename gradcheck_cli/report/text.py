@@ -10,10 +10,12 @@ from typing import Any, TextIO
 
 from rich.console import Console
 from rich.padding import Padding
+from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from gradcheck_cli.findings import Report, Severity
+from gradcheck_cli import __version__
+from gradcheck_cli.findings import ModelError, Report, Severity, Suite
 from gradcheck_cli.numbers import fmt as _fmt
 
 BAR_WIDTH = 14
@@ -144,10 +146,59 @@ def _evidence_line(evidence: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def render(report: Report, out: TextIO, *, color: bool | None = None, width: int | None = None,
+def render(suite: Suite, out: TextIO, *, color: bool | None = None, width: int | None = None,
            max_rows: int = 40, **_: object) -> None:
     console = Console(file=out, width=width, force_terminal=color, no_color=(color is False),
                       highlight=False, soft_wrap=False, emoji=False)
+    for i, report in enumerate(suite.reports):
+        if i:
+            console.print(Rule(style="dim"))
+        render_report(report, console, max_rows)
+    for e in suite.errors:
+        if suite.reports or e is not suite.errors[0]:
+            console.print(Rule(style="dim"))
+        render_error(e, console)
+    if suite.baseline is not None:
+        b = suite.baseline
+        line = Text(f"baseline {b['path']}: {b['suppressed']} finding{'s' if b['suppressed'] != 1 else ''} "
+                    "suppressed (present in the baseline, not worse)", style="dim")
+        if b["resolved"]:
+            n = len(b["resolved"])
+            line.append(f"; {n} baseline entr{'ies' if n != 1 else 'y'} no longer found "
+                        "(re-run with --write-baseline to drop them)")
+        console.print(line)
+    if not suite.single:
+        counts = suite.counts()
+        total = Text()
+        total.append("✗ FAIL" if suite.exit_code else "✓ PASS", style="bold red" if suite.exit_code else "bold green")
+        n = len(suite.reports) + len(suite.errors)
+        unchecked = f", {len(suite.errors)} could not be checked" if suite.errors else ""
+        total.append(f"  {n} models{unchecked}: {_count_line(counts)} (fail-on {suite.fail_on.value}) "
+                     f"→ exit {suite.exit_code}")
+        console.print(total)
+
+
+def _count_line(counts: dict[str, int]) -> str:
+    return (f"{counts['error']} error{'s' if counts['error'] != 1 else ''}, "
+            f"{counts['warning']} warning{'s' if counts['warning'] != 1 else ''}, {counts['info']} info")
+
+
+def render_error(e: ModelError, console: Console) -> None:
+    """A model that could not be checked: what went wrong, where, and what to do."""
+    err = e.error
+    head = Text()
+    head.append(f"gradcheck {__version__}", style="bold")
+    head.append(f"  {e.spec}")
+    console.print(head)
+    where = f" in {err['where']}" if err.get("where") else ""
+    hint = f" ({err['hint']})" if err.get("hint") else ""
+    line = Text()
+    line.append("✗ ERROR", style="bold red")
+    line.append(f"  {err['type']} error during {err['phase']}{where}: {err['message']}{hint} → exit {err['exit_code']}")
+    console.print(line)
+
+
+def render_report(report: Report, console: Console, max_rows: int = 40) -> None:
     m, s, t = report.model, report.settings, report.timings
     head = Text()
     head.append(f"gradcheck {report.tool_version}", style="bold")
@@ -172,7 +223,7 @@ def render(report: Report, out: TextIO, *, color: bool | None = None, width: int
         console.print()
     for note in report.notes:
         console.print(Text(f"note: {note}", style="yellow"))
-    findings = report.sorted_findings()
+    findings = report.active_findings()
     if findings:
         console.print(Text("Findings", style="bold underline"))
     for f in findings:
@@ -181,6 +232,8 @@ def render(report: Report, out: TextIO, *, color: bool | None = None, width: int
         line.append(f" {f.code} {f.rule}", style="bold")
         if f.layer is not None:
             line.append(f" at {f.layer or '(model)'}")
+        if f.location:
+            line.append(f" ({f.location['file']}:{f.location['line']})", style="dim")
         console.print(line)
         grid = Table.grid(padding=(0, 1), pad_edge=False)
         grid.add_column(no_wrap=True, style="dim", min_width=8)
@@ -192,9 +245,17 @@ def render(report: Report, out: TextIO, *, color: bool | None = None, width: int
             grid.add_row(f"fix {i}", Text(fix, style="green"))
         console.print(Padding(grid, (0, 0, 0, 2)))
         console.print()
-    counts = report.counts()
-    summary = (f"{counts['error']} error{'s' if counts['error'] != 1 else ''}, "
-               f"{counts['warning']} warning{'s' if counts['warning'] != 1 else ''}, {counts['info']} info")
+    suppressed = report.suppressed_findings()
+    if suppressed:
+        console.print(Text("Suppressed (not counted toward the exit code)", style="bold underline"))
+        for f in suppressed:
+            line = Text()
+            line.append(f"{f.severity.value.upper():7}", style="dim")
+            line.append(f" {f.code} {f.rule}" + (f" at {f.layer or '(model)'}" if f.layer is not None else ""))
+            line.append(f": {f.suppressed['by']}, {f.suppressed['reason']}", style="dim")
+            console.print(line)
+        console.print()
+    summary = _count_line(report.counts()) + (f", {len(suppressed)} suppressed" if suppressed else "")
     verdict = Text()
     if report.verdict == "fail":
         verdict.append("✗ FAIL", style="bold red")
