@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -67,6 +67,10 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 class OutputFormat(str, Enum):
     text = "text"
     json = "json"
+    sarif = "sarif"
+    junit = "junit"
+    markdown = "markdown"
+    html = "html"
 
 
 class Device(str, Enum):
@@ -101,8 +105,10 @@ def _fail(exc: GradcheckError, verbose: bool) -> None:
 
 @app.command(epilog=EXIT_CODES_HELP)
 def check(
-    model: Annotated[str, typer.Argument(help="The model: path/to/file.py:NAME or package.module:NAME (an "
-                                              "nn.Module subclass, a zero-argument factory, or an instance).")],
+    model: Annotated[Optional[str], typer.Argument(
+        help="The model: path/to/file.py:NAME or package.module:NAME (an nn.Module subclass, a zero-argument "
+             "factory, or an instance). Omit it to check every model listed under models: in the config.",
+        show_default=False)] = None,
     batch: Annotated[Optional[str], typer.Option(
         help="Batch: a .pt/.pth (loaded with weights_only=True), .npz or .npy file, or a file.py:NAME callable "
              "returning a tensor, an (inputs, targets) pair, or a dict of keyword arguments.")] = None,
@@ -114,13 +120,23 @@ def check(
                               "layer when omitted).")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, help="Forward/backward passes to aggregate [default: 3].")] = None,
     format: Annotated[Optional[OutputFormat], typer.Option(
-        "--format", "-f", help="Report format [default: text].")] = None,
-    output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="Write the report here (atomically); the text report still goes to the terminal.")] = None,
+        "--format", "-f", help="Report format on the screen, and for --output paths given without FORMAT: "
+                               "[default: text].")] = None,
+    output: Annotated[Optional[List[str]], typer.Option(
+        "--output", "-o", help="Write a report file (atomically), repeatable: FORMAT:PATH (formats: text, json, "
+                               "sarif, junit, markdown, html) or PATH (format from --format, else from the "
+                               "suffix: .json .sarif .xml .md .html). The text report still goes to the "
+                               "screen.")] = None,
     config: Annotated[Optional[Path], typer.Option(
         help="YAML config file [default: ./gradcheck.yaml when present].")] = None,
     fail_on: Annotated[Optional[FailOn], typer.Option(
         "--fail-on", help="Lowest severity that makes the exit code 1 [default: warning].")] = None,
+    baseline: Annotated[Optional[Path], typer.Option(
+        help="Baseline file from --write-baseline: findings in it that are not worse do not count toward "
+             "the exit code (they are listed as suppressed).")] = None,
+    write_baseline: Annotated[Optional[Path], typer.Option(
+        "--write-baseline", help="Record this run's findings as the new baseline (they are then suppressed "
+                                 "in this run too).")] = None,
     seed: Annotated[Optional[int], typer.Option(min=0, help="Seed for synthetic batches and dropout [default: 0].")] = None,
     device: Annotated[Optional[Device], typer.Option(help="Where to run the passes [default: auto].")] = None,
     max_rows: Annotated[Optional[int], typer.Option(
@@ -130,48 +146,102 @@ def check(
                         "(a forward pass that never returns); for CI [default: off].")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")] = False,
 ) -> None:
-    """Run a few instrumented forward/backward passes on MODEL and report gradient problems."""
+    """Run a few instrumented forward/backward passes on MODEL and report gradient problems.
+
+    With GITHUB_ACTIONS=true, findings are also printed as ::error/::warning workflow commands.
+    """
     from gradcheck_cli import config as cfg
     from gradcheck_cli.batches_shape import parse_shape
+    from gradcheck_cli.findings import Suite
 
-    # Where a report goes, known as early as possible so that a failed run still leaves one behind.
-    target = {"format": format.value if format else "text", "output": str(output) if output else None,
-              "started": False}
+    # Where reports go, known as early as possible so that a failed run still leaves them behind.
+    target: dict = {"outputs": [], "started": False, "fail_on": FailOn.WARNING}
+    fmt = format.value if format else None
     try:
+        target["outputs"] = _parse_outputs(output or [], fmt)
         shape = parse_shape(input_shape) if input_shape is not None else None
         settings = cfg.resolve({
             "model": model, "batch": batch, "loss": loss, "input_shape": shape, "steps": steps,
-            "format": format.value if format else None, "output": str(output) if output else None,
+            "format": fmt, "outputs": list(output) if output else None,
             "fail_on": fail_on, "seed": seed, "device": device.value if device else None, "max_rows": max_rows,
-            "timeout": timeout,
+            "timeout": timeout, "baseline": str(baseline) if baseline else None,
         }, config)
-        target.update(format=settings.format, output=settings.output)
-        _check_output_path(settings.output)
-        from gradcheck_cli.pipeline import run_check
+        target.update(outputs=_parse_outputs(settings.outputs, fmt if fmt else (
+            settings.format if settings.format != "text" else None)), fail_on=settings.fail_on)
+        for _, path in target["outputs"]:
+            _check_output_path(path)
+        if write_baseline is not None:
+            _check_output_path(write_baseline, "--write-baseline")
+        runs = cfg.expand_models(settings, model_given=model is not None)
+        entries = None
+        if settings.baseline:
+            from gradcheck_cli.baseline import read_baseline
 
-        target["started"] = True
-        report = run_check(settings, on_hard_stop=lambda phase, msg: _write_error(
-            target, model, {"type": "user-code", "phase": phase, "message": msg.removeprefix("error: "),
-                            "where": None, "hint": None, "exit_code": 3}))
-        _emit(report, settings)
+            entries = read_baseline(Path(settings.baseline))
     except GradcheckError as exc:
-        _write_error(target, model, _error_info(exc, target["started"]))
+        _write_error(target, model, _error_info(exc, False))
         _fail(exc, verbose)
+    suite = Suite(reports=[], fail_on=settings.fail_on)
+    for s in runs:
+        _check_one(s, suite, target, verbose, single=len(runs) == 1)
+    try:
+        if entries is not None:
+            from gradcheck_cli.baseline import apply_baseline
+
+            apply_baseline(suite, entries, settings.baseline)
+        if write_baseline is not None:
+            from gradcheck_cli.baseline import apply_baseline, baseline_document, write_baseline as write_b
+
+            write_b(suite, write_baseline)
+            if entries is None:
+                apply_baseline(suite, baseline_document(suite)["findings"], str(write_baseline))
+        _emit(suite, settings, target["outputs"])
+    except GradcheckError as exc:
+        _fail(exc, verbose)
+    raise typer.Exit(suite.exit_code)
+
+
+def _check_one(s, suite, target: dict, verbose: bool, single: bool) -> None:
+    """Check one model into `suite`. With one model, an error ends the run (exit 2-4); with several, it is
+    recorded for that model, said on stderr, and the other models are still checked."""
+    from gradcheck_cli.findings import ModelError
+    from gradcheck_cli.pipeline import run_check
+
+    target["started"] = True
+    try:
+        suite.reports.append(run_check(s, on_hard_stop=lambda phase, msg: _write_error(
+            target, s.model, {"type": "user-code", "phase": phase, "message": msg.removeprefix("error: "),
+                              "where": None, "hint": None, "exit_code": 3})))
+        return
+    except GradcheckError as exc:
+        info = _error_info(exc, True)
+        if single:
+            _write_error(target, s.model, info)
+            _fail(exc, verbose)
+        err.print(f"error: {s.model}: {exc.one_line()}", markup=False)
     except typer.Exit:
         raise
     except KeyboardInterrupt:
         err.print("error: interrupted")
         raise typer.Exit(130)
     except Exception as exc:   # a bug in gradcheck itself: say so, keep the traceback behind --verbose
-        _write_error(target, model, {"type": "internal", "phase": _phase_now(target["started"]),
-                                     "message": exc_line(exc), "where": None, "hint": None,
-                                     "exit_code": EXIT_INTERNAL})
+        info = {"type": "internal", "phase": _phase_now(True), "message": exc_line(exc), "where": None,
+                "hint": "re-run with --verbose and report it", "exit_code": EXIT_INTERNAL}
         if verbose:
+            _write_error(target, s.model, info)
             raise
-        err.print(f"error: internal error in gradcheck: {exc_line(exc)} "
+        err.print(f"error: {s.model + ': ' if not single else ''}internal error in gradcheck: {exc_line(exc)} "
                   "(re-run with --verbose and report it)", markup=False)
-        raise typer.Exit(EXIT_INTERNAL)
-    raise typer.Exit(report.exit_code)
+        if single:
+            _write_error(target, s.model, info)
+            raise typer.Exit(EXIT_INTERNAL)
+    suite.errors.append(ModelError(s.model, info))
+
+
+def _parse_outputs(values: list[str], default_format: str | None) -> list[tuple[str, Path]]:
+    from gradcheck_cli.report import parse_output
+
+    return [parse_output(v, default_format) for v in values]
 
 
 def _phase_now(started: bool) -> str:
@@ -192,51 +262,57 @@ def _error_info(exc: GradcheckError, started: bool) -> dict:
             "exit_code": exc.exit_code}
 
 
-def _write_error(target: dict, model: str, error: dict) -> None:
-    """With --output, a failed run still writes a report (with an `error` object) for CI to read."""
-    if not target.get("output"):
+def _write_error(target: dict, model: str | None, error: dict) -> None:
+    """With --output, a failed run still writes its reports (with the error) for CI to read."""
+    if not target.get("outputs"):
         return
-    try:
-        _check_output_path(target["output"])
-    except GradcheckError:
-        return   # the output path itself is the problem: the error line says so
     from gradcheck_cli.report import write_error_file
 
-    try:
-        write_error_file(error, model, target["format"], Path(target["output"]))
-    except OSError:
-        pass
+    for fmt, path in target["outputs"]:
+        try:
+            _check_output_path(path)
+            write_error_file(error, model, fmt, path, fail_on=target["fail_on"])
+        except (GradcheckError, OSError):
+            continue   # the output path itself is the problem: the error line says so
 
 
-def _check_output_path(output: str | None) -> None:
-    """Fail before the passes, not after them, when the report could not be written."""
+def _check_output_path(output: Path | str | None, flag: str = "--output") -> None:
+    """Fail before the passes, not after them, when a file could not be written."""
     if not output:
         return
     path = Path(output)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"cannot write {path}: directory {parent} does not exist",
-                         hint="create it first or choose another --output")
+                         hint=f"create it first or choose another {flag}")
     if path.is_dir():
-        raise InputError(f"cannot write {path}: it is a directory", hint="give a file path to --output")
+        raise InputError(f"cannot write {path}: it is a directory", hint=f"give a file path to {flag}")
     import os
 
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise InputError(f"cannot write {path}: permission denied", hint="choose another --output")
+        raise InputError(f"cannot write {path}: permission denied", hint=f"choose another {flag}")
 
 
-def _emit(report, settings) -> None:
+def _emit(suite, settings, outputs: list[tuple[str, Path]]) -> None:
+    import os
+
     from gradcheck_cli import report as renderers
 
-    if settings.output:
-        path = Path(settings.output)
+    for fmt, path in outputs:
         try:
-            renderers.write_file(report, settings.format, path, max_rows=settings.max_rows)
+            renderers.write_file(suite, fmt, path, max_rows=settings.max_rows)
         except OSError as exc:
             raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
-        renderers.render(report, "text", sys.stdout, max_rows=settings.max_rows)
-    else:
-        renderers.render(report, settings.format, sys.stdout, max_rows=settings.max_rows)
+    screen = "text" if outputs else settings.format
+    renderers.render(suite, screen, sys.stdout, max_rows=settings.max_rows)
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        from gradcheck_cli.report.github import annotations
+
+        # Workflow commands are read from stdout and stderr; keep machine formats on stdout clean.
+        stream = sys.stdout if screen in ("text", "markdown") else sys.stderr
+        for line in annotations(suite):
+            stream.write(line + "\n")
+        stream.flush()
 
 
 @app.command("rules")

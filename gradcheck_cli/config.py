@@ -15,7 +15,7 @@ from gradcheck_cli.errors import InputError
 from gradcheck_cli.findings import FailOn, Severity
 
 DEFAULT_CONFIG_NAME = "gradcheck.yaml"
-FORMATS = ("text", "json")
+FORMATS = ("text", "json", "sarif", "junit", "markdown", "html")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -28,7 +28,7 @@ class RuleSettings:
 
 @dataclass
 class Settings:
-    model: str
+    model: str | None
     batch: str | None = None
     loss: str | None = None
     input_shape: tuple[int, ...] | None = None
@@ -37,11 +37,15 @@ class Settings:
     device: str = "auto"
     fail_on: FailOn = FailOn.WARNING
     format: str = "text"
-    output: str | None = None
+    outputs: list[str] = field(default_factory=list)   # "PATH" or "FORMAT:PATH", see report.parse_output
     max_rows: int = 40
     timeout: float | None = None
     rules: dict[str, RuleSettings] = field(default_factory=dict)
+    ignore: list[Any] = field(default_factory=list)      # baseline.Ignore entries
+    baseline: str | None = None
+    models: list[dict[str, Any]] = field(default_factory=list)   # validated `models:` entries
     config_path: str | None = None
+    cli_given: set[str] = field(default_factory=set)   # settings given as flags (they win over the config)
 
 
 class ConfigError(InputError):
@@ -104,11 +108,90 @@ TOP_KEYS: dict[str, Any] = {
     "loss": _str,
     "device": lambda p, k, v: _choice(p, k, v, DEVICES),
     "format": lambda p, k, v: _choice(p, k, v, FORMATS),
-    "output": _str,
+    "output": lambda p, k, v: _outputs(p, k, v),
+    "baseline": _str,
     "max_rows": lambda p, k, v: _int(p, k, v, 0),
     "timeout": lambda p, k, v: _positive(p, k, v),
     "rules": None,   # validated below
+    "ignore": None,
+    "models": None,
 }
+# What one entry of `models:` may set; the rest (format, output, fail_on, ...) is for the whole run.
+MODEL_KEYS = ("model", "batch", "loss", "input_shape", "steps", "seed", "device", "timeout", "rules", "ignore")
+
+
+def _outputs(path: str, key: str, v: Any) -> list[str]:
+    items = v if isinstance(v, list) else [v]
+    if not items:
+        raise ConfigError(path, key, "expected a path, FORMAT:PATH, or a list of them (got an empty list)")
+    return [_str(path, f"{key}[{i}]" if isinstance(v, list) else key, x) for i, x in enumerate(items)]
+
+
+def _ignores(p: str, key: str, value: Any) -> list[Any]:
+    """`ignore:` entries: {rule: ID or CODE, layer: GLOB, model: GLOB, reason: TEXT}; a reason is required."""
+    from gradcheck_cli.baseline import Ignore
+    from gradcheck_cli.rules import RULES, get_rule
+
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(p, key, "expected a list of {rule, layer, model, reason} entries")
+    out = []
+    allowed = ["rule", "layer", "model", "reason"]
+    for i, item in enumerate(value):
+        k = f"{key}[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(p, k, f"expected a mapping with rule and/or layer, and reason (got {item!r})")
+        for name in item:
+            if name not in allowed:
+                raise ConfigError(p, f"{k}.{name}", "unknown key", hint=_suggest(str(name), allowed))
+        if "reason" not in item:
+            raise ConfigError(p, f"{k}.reason", "missing: every ignore needs a reason",
+                              hint="say why the finding is acceptable, e.g. reason: 'frozen encoder'")
+        reason = _str(p, f"{k}.reason", item["reason"])
+        rule_id = None
+        if "rule" in item:
+            r = get_rule(str(item["rule"]))
+            if r is None:
+                raise ConfigError(p, f"{k}.rule", f"unknown rule {item['rule']!r}",
+                                  hint=_suggest(str(item["rule"]), [x.id for x in RULES]))
+            rule_id = r.id
+        layer = _str(p, f"{k}.layer", item["layer"]) if "layer" in item else None
+        model = _str(p, f"{k}.model", item["model"]) if "model" in item else None
+        if rule_id is None and layer is None:
+            raise ConfigError(p, k, "an ignore needs a rule, a layer, or both")
+        out.append(Ignore(reason=reason, rule=rule_id, layer=layer, model=model))
+    return out
+
+
+def _models(p: str, value: Any, rules: Any, get_rule: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(p, "models", "expected a non-empty list of {model: SPEC, batch, loss, ...} entries")
+    out = []
+    for i, item in enumerate(value):
+        k = f"models[{i}]"
+        if isinstance(item, str):
+            item = {"model": item}
+        if not isinstance(item, dict):
+            raise ConfigError(p, k, f"expected a model spec or a mapping with `model` (got {item!r})")
+        if "model" not in item:
+            raise ConfigError(p, f"{k}.model", "missing: each entry needs model: path/to/file.py:NAME")
+        entry: dict[str, Any] = {}
+        for name, v in item.items():
+            if name not in MODEL_KEYS:
+                hint = ("set it once at the top level: it applies to the whole run" if name in TOP_KEYS
+                        else _suggest(str(name), list(MODEL_KEYS)))
+                raise ConfigError(p, f"{k}.{name}", "not allowed in a model entry", hint=hint)
+            if name == "model":
+                entry["model"] = _str(p, f"{k}.model", v)
+            elif name == "rules":
+                entry["rules"] = _rules(p, v, rules, get_rule, prefix=f"{k}.rules")
+            elif name == "ignore":
+                entry["ignore"] = _ignores(p, f"{k}.ignore", v)
+            else:
+                entry[name] = TOP_KEYS[name](p, f"{k}.{name}", v)
+        out.append(entry)
+    return out
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -141,32 +224,38 @@ def load_config(path: Path) -> dict[str, Any]:
             raise ConfigError(p, str(key), "unknown key", hint=_suggest(str(key), list(TOP_KEYS)))
         if key == "rules":
             out["rules"] = _rules(p, value, RULES, get_rule)
+        elif key == "ignore":
+            out["ignore"] = _ignores(p, "ignore", value)
+        elif key == "models":
+            out["models"] = _models(p, value, RULES, get_rule)
+        elif key == "output":
+            out["outputs"] = _outputs(p, key, value)
         else:
             out[key] = TOP_KEYS[key](p, key, value)
     return out
 
 
-def _rules(p: str, value: Any, rules: Any, get_rule: Any) -> dict[str, RuleSettings]:
+def _rules(p: str, value: Any, rules: Any, get_rule: Any, prefix: str = "rules") -> dict[str, RuleSettings]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ConfigError(p, "rules", "expected a mapping of rule id to settings")
+        raise ConfigError(p, prefix, "expected a mapping of rule id to settings")
     out: dict[str, RuleSettings] = {}
     ids = [r.id for r in rules]
     for rid, body in value.items():
         r = get_rule(str(rid))
         if r is None:
-            raise ConfigError(p, f"rules.{rid}", "unknown rule", hint=_suggest(str(rid), ids))
+            raise ConfigError(p, f"{prefix}.{rid}", "unknown rule", hint=_suggest(str(rid), ids))
         rs = RuleSettings()
         if body is None:
             body = {}
         if isinstance(body, bool):
             body = {"enabled": body}
         if not isinstance(body, dict):
-            raise ConfigError(p, f"rules.{rid}", "expected a mapping (enabled, severity, options)")
+            raise ConfigError(p, f"{prefix}.{rid}", "expected a mapping (enabled, severity, options)")
         allowed = ["enabled", "severity"] + [o.name for o in r.options]
         for k, v in body.items():
-            key = f"rules.{rid}.{k}"
+            key = f"{prefix}.{rid}.{k}"
             if k == "enabled":
                 if not isinstance(v, bool):
                     raise ConfigError(p, key, f"expected true or false (got {v!r})")
@@ -205,5 +294,45 @@ def resolve(cli: dict[str, Any], config_path: Path | None, cwd: Path | None = No
     for key, value in cli.items():
         if key != "model" and value is not None:
             setattr(s, key, value)
+            s.cli_given.add(key)
     s.config_path = str(path) if path is not None else None
+    if s.models and not cli["model"]:
+        given = [f"--{k.replace('_', '-')}" for k in PER_MODEL_FLAGS if cli.get(k) is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} cannot apply to every model listed in {s.config_path}",
+                             hint="set it in each entry of models:, or pass MODEL to check one model")
     return s
+
+
+# Flags that describe one model; with several models in the config they belong in each entry.
+PER_MODEL_FLAGS = ("batch", "loss", "input_shape")
+
+
+def expand_models(s: Settings, model_given: bool) -> list[Settings]:
+    """One Settings per model to check. MODEL on the command line checks that model alone (with its
+    `models:` entry's settings when it is listed there); otherwise every entry of `models:`."""
+    import copy
+
+    from gradcheck_cli.baseline import normalize_spec
+
+    if not s.models:
+        if not s.model:
+            raise InputError("no model given", hint="pass MODEL (path/to/file.py:NAME) or list models: in "
+                             f"the config ({s.config_path or DEFAULT_CONFIG_NAME})")
+        return [s]
+    entries = s.models
+    if model_given:
+        entries = [e for e in s.models if normalize_spec(e["model"]) == normalize_spec(s.model)] or [{"model": s.model}]
+    out = []
+    for entry in entries:
+        m = copy.copy(s)
+        m.models = []
+        for key, value in entry.items():
+            if key == "rules":
+                m.rules = {**s.rules, **value}
+            elif key == "ignore":
+                m.ignore = list(s.ignore) + list(value)
+            elif key not in s.cli_given:
+                setattr(m, key, value)
+        out.append(m)
+    return out

@@ -71,18 +71,24 @@ def _run_check(s: Settings) -> Report:
         model = loading.build_model(obj, s.model)
     set_phase("batch")
     source = batches.make_batch_source(s.batch, s.input_shape, model, s.seed)
-    return check_loaded(model, source, loss_fn, s, device, t0)
+    return check_loaded(model, source, loss_fn, s, device, t0, origin=obj)
 
 
-def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any, t0: float) -> Report:
-    """The passes, the rules and the report for a model, batch source and loss already in hand."""
-    from gradcheck_cli import collect
+def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any, t0: float,
+                 origin: Any = None) -> Report:
+    """The passes, the rules and the report for a model, batch source and loss already in hand.
+    `origin` is what the spec named (class, factory or instance), for source locations."""
+    from gradcheck_cli import collect, sources
 
     t1 = time.perf_counter()
     result = collect.run_passes(model, source, loss_fn, steps=s.steps, seed=s.seed, device=device)
     set_phase("analysis")
     t2 = time.perf_counter()
     findings = apply_rules(result.stats, s.rules)
+    where = sources.object_location(origin if origin is not None else model)
+    locate = sources.layer_locator(model, where)
+    for f in findings:
+        f.location = locate(f.layer)
     t3 = time.perf_counter()
     timings = {"load_s": round(t1 - t0, 4), "passes_s": round(t2 - t1, 4),
                "analysis_s": round(t3 - t2, 4), "total_s": round(t3 - t0, 4)}
@@ -91,11 +97,18 @@ def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any
         "input_shape": list(getattr(source, "shape", ()) or []) or None,
         "loss": result.loss_description, "fail_on": s.fail_on.value, "config": s.config_path,
         "timeout_s": s.timeout,
+        "ignore": [{"rule": i.rule, "layer": i.layer, "model": i.model, "reason": i.reason} for i in s.ignore],
         "rules": {rid: {"enabled": rs.enabled, "severity": rs.severity.value if rs.severity else None,
                         **rs.options} for rid, rs in s.rules.items()},
     }
-    return make_report(result.stats, findings, spec=s.model, model_class=type(model).__name__,
-                       settings=settings, fail_on=s.fail_on, timings=timings, notes=result.notes)
+    report = make_report(result.stats, findings, spec=s.model, model_class=type(model).__name__,
+                         settings=settings, fail_on=s.fail_on, timings=timings, notes=result.notes)
+    report.model["source"] = where
+    if s.ignore:
+        from gradcheck_cli.baseline import apply_ignores
+
+        apply_ignores(report, s.ignore)
+    return report
 
 
 def make_report(stats: RunStats, findings: list[Finding], *, spec: str, model_class: str,

@@ -64,7 +64,7 @@ rules:
     assert out["fail_on"] is FailOn.ERROR
     assert out["format"] == "json" and out["device"] == "cpu" and out["max_rows"] == 0
     assert out["input_shape"] == (8, 3, 32, 32)
-    assert out["batch"] == "data.pt" and out["loss"] == "mse" and out["output"] == "out.json"
+    assert out["batch"] == "data.pt" and out["loss"] == "mse" and out["outputs"] == ["out.json"]
     rules = out["rules"]
     assert rules["dead-relus"] == RuleSettings(enabled=True, severity=None, options={"fraction": 0.7, "min_units": 2})
     assert rules["unused-parameters"].enabled is False
