@@ -57,6 +57,9 @@ def object_location(obj: Any) -> dict[str, Any] | None:
     return {"file": display_path(path), "line": max(int(line), 1)}
 
 
+_FUNCTIONAL = re.compile(r"^(.*)\.\w+@(\d+)$")
+
+
 class _Lines:
     def __init__(self) -> None:
         self.cache: dict[str, list[str]] = {}
@@ -98,10 +101,14 @@ def layer_locator(model: Any, origin: dict[str, Any] | None) -> Callable[[str | 
         if name in memo:
             return memo[name]
         module_name = name
-        if module_name not in modules:   # functional activations: "encoder.1.sigmoid@27" -> its owner
-            module_name = name.rsplit(".", 1)[0] if "." in name else ""
-            if module_name == "(model)":
-                module_name = ""
+        call = _FUNCTIONAL.match(name) if name not in modules else None
+        if call:   # a functional activation, "encoder.1.sigmoid@27": the call site in its owner's forward
+            module_name = "" if call.group(1) == "(model)" else call.group(1)
+            owner = modules.get(module_name)
+            code = getattr(getattr(type(owner), "forward", None), "__code__", None) if owner is not None else None
+            if code is not None and is_user_file(code.co_filename):
+                memo[name] = {"file": display_path(code.co_filename), "line": int(call.group(2))}
+                return memo[name]
         parts = module_name.split(".") if module_name else []
         found = None
         # The deepest definition in user code: `blocks.3.conv1` -> BasicBlock's `self.conv1 =`; a child of
