@@ -108,7 +108,7 @@ def check(
     model: Annotated[Optional[str], typer.Argument(
         help="The model: path/to/file.py:NAME or package.module:NAME (an nn.Module subclass, a zero-argument "
              "factory, or an instance). Omit it to check every model listed under models: in the config.",
-        show_default=False)] = None,
+        show_default=False, metavar="MODEL")] = None,
     batch: Annotated[Optional[str], typer.Option(
         help="Batch: a .pt/.pth (loaded with weights_only=True), .npz or .npy file, or a file.py:NAME callable "
              "returning a tensor, an (inputs, targets) pair, or a dict of keyword arguments.")] = None,
@@ -118,32 +118,32 @@ def check(
     input_shape: Annotated[Optional[str], typer.Option(
         "--input-shape", help="Synthetic input shape, batch first, e.g. 8,3,32,32 (inferred from the first "
                               "layer when omitted).")] = None,
-    steps: Annotated[Optional[int], typer.Option(min=1, help="Forward/backward passes to aggregate [default: 3].")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Forward/backward passes to aggregate \\[default: 3].")] = None,
     format: Annotated[Optional[OutputFormat], typer.Option(
         "--format", "-f", help="Report format on the screen, and for --output paths given without FORMAT: "
-                               "[default: text].")] = None,
+                               "\\[default: text].")] = None,
     output: Annotated[Optional[List[str]], typer.Option(
-        "--output", "-o", help="Write a report file (atomically), repeatable: FORMAT:PATH (formats: text, json, "
+        "--output", "-o", metavar="[FORMAT:]PATH", help="Write a report file (atomically), repeatable: FORMAT:PATH (formats: text, json, "
                                "sarif, junit, markdown, html) or PATH (format from --format, else from the "
                                "suffix: .json .sarif .xml .md .html). The text report still goes to the "
                                "screen.")] = None,
     config: Annotated[Optional[Path], typer.Option(
-        help="YAML config file [default: ./gradcheck.yaml when present].")] = None,
+        help="YAML config file \\[default: ./gradcheck.yaml when present].")] = None,
     fail_on: Annotated[Optional[FailOn], typer.Option(
-        "--fail-on", help="Lowest severity that makes the exit code 1 [default: warning].")] = None,
+        "--fail-on", help="Lowest severity that makes the exit code 1 \\[default: warning].")] = None,
     baseline: Annotated[Optional[Path], typer.Option(
         help="Baseline file from --write-baseline: findings in it that are not worse do not count toward "
              "the exit code (they are listed as suppressed).")] = None,
     write_baseline: Annotated[Optional[Path], typer.Option(
         "--write-baseline", help="Record this run's findings as the new baseline (they are then suppressed "
                                  "in this run too).")] = None,
-    seed: Annotated[Optional[int], typer.Option(min=0, help="Seed for synthetic batches and dropout [default: 0].")] = None,
-    device: Annotated[Optional[Device], typer.Option(help="Where to run the passes [default: auto].")] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0, help="Seed for synthetic batches and dropout \\[default: 0].")] = None,
+    device: Annotated[Optional[Device], typer.Option(help="Where to run the passes \\[default: auto].")] = None,
     max_rows: Annotated[Optional[int], typer.Option(
-        "--max-rows", min=0, help="Layer-table rows in the text report (0 = all) [default: 40].")] = None,
+        "--max-rows", min=0, help="Layer-table rows in the text report (0 = all) \\[default: 40].")] = None,
     timeout: Annotated[Optional[float], typer.Option(
         min=0.001, help="Stop with exit 3, naming the phase, when the run takes longer than this many seconds "
-                        "(a forward pass that never returns); for CI [default: off].")] = None,
+                        "(a forward pass that never returns); for CI \\[default: off].")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")] = False,
 ) -> None:
     """Run a few instrumented forward/backward passes on MODEL and report gradient problems.

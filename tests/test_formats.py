@@ -516,3 +516,11 @@ def test_example_workflow_uses_real_flags_and_a_valid_config(monkeypatch):
     r = runner.invoke(app, ["check", "--config", "examples/ci/gradcheck.yaml", "-f", "markdown"])
     assert r.exit_code == 0, r.output        # the three healthy examples pass
     assert r.output.startswith("## gradcheck ✅ PASS") and "3 models" in r.output
+
+
+def test_help_shows_defaults_and_the_output_syntax():
+    # Rich markup once swallowed "[default: 3]" as a tag; the brackets are escaped now.
+    text = runner.invoke(app, ["check", "--help"], terminal_width=200).output
+    for default in ("[default: 3]", "[default: text]", "[default: warning]", "[default: 40]"):
+        assert default in text, default
+    assert "[FORMAT:]PATH" in text and "--write-baseline" in text and "--baseline" in text
