@@ -505,7 +505,7 @@ def test_example_workflow_uses_real_flags_and_a_valid_config(monkeypatch):
     steps = workflow["jobs"]["gradients"]["steps"]
     command = next(s["run"] for s in steps if "gradcheck check" in s.get("run", ""))
     flags = set(re.findall(r"(--[a-z-]+)", command))
-    help_text = runner.invoke(app, ["check", "--help"], terminal_width=200).output
+    help_text = runner.invoke(app, ["check", "--help"], env={"COLUMNS": "250"}).output
     assert flags and all(f in help_text for f in flags), flags
     outputs = re.findall(r"--output (\w+):", command)
     assert set(outputs) == {"sarif", "junit", "markdown", "html"} and set(outputs) <= set(RENDERERS)
@@ -520,7 +520,7 @@ def test_example_workflow_uses_real_flags_and_a_valid_config(monkeypatch):
 
 def test_help_shows_defaults_and_the_output_syntax():
     # Rich markup once swallowed "[default: 3]" as a tag; the brackets are escaped now.
-    text = runner.invoke(app, ["check", "--help"], terminal_width=200).output
+    text = runner.invoke(app, ["check", "--help"], env={"COLUMNS": "250"}).output
     for default in ("[default: 3]", "[default: text]", "[default: warning]", "[default: 40]"):
         assert default in text, default
     assert "[FORMAT:]PATH" in text and "--write-baseline" in text and "--baseline" in text
