@@ -17,6 +17,10 @@ from gradcheck_cli.findings import Finding, ModelError, Report, Suite
 from gradcheck_cli.numbers import fmt
 
 MAX_X_LABELS = 40
+MAX_CHART_WIDTH = 1040   # fits the page's 1052px content box, so the chart is never shrunk on a desktop screen
+FONT_PX = 11
+CHAR_PX = 6.6            # generous width of one character at FONT_PX (for layout: labels and legend never touch)
+LABEL_CHARS = 20         # x-axis labels longer than this are shortened from the left, at a dot
 MAX_ITEMS = 8          # list/dict items shown in evidence and settings before "… +N more"
 SERIES = (("weight", "grad_norm", "|∇W|", "weight-gradient norm"),
           ("output", "output_grad_norm", "|∂L/∂y|", "output-gradient norm"))
@@ -25,7 +29,7 @@ _SETTING_LABELS = {"input_shape": "input shape", "fail_on": "fail-on", "timeout_
 
 CSS = """
 :root{--fg:#1f2328;--muted:#656d76;--line:#d0d7de;--bg2:#f6f8fa;--red:#cf222e;--green:#1a7f37;--amber:#9a6700;
---blue:#0969da;--w:#1f6feb;--o:#d4760a}
+--blue:#0969da}
 *{box-sizing:border-box}
 body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:#fff;
 max-width:1100px;margin:0 auto;padding:1.5rem}
@@ -42,15 +46,7 @@ text-align:left;vertical-align:top}th{background:var(--bg2)}td.num{text-align:ri
 .meta{color:var(--muted);margin:.2rem 0}.counts span{margin-right:.8rem}
 .sev{font-weight:700;font-size:.8rem;padding:0 .4rem;border-radius:3px;border:1px solid}
 .sev-error{color:var(--red)}.sev-warning{color:var(--amber)}.sev-info{color:var(--blue)}.zero{color:var(--muted)}
-.chart-box{overflow-x:auto}.chart{max-width:100%;height:auto;display:block}
-.chart text{font-size:11px;fill:var(--fg)}.chart .grid{stroke:#e6e9ed}.chart .axis{stroke:var(--muted)}
-.chart text.flagged{fill:var(--red);font-weight:700}.chart rect.flagged{fill:var(--red);opacity:.12}
-.chart .nonfinite{fill:var(--red);stroke:#fff}
-.chart polyline{fill:none;stroke-width:2}.chart .series-weight polyline{stroke:var(--w)}
-.chart .series-output polyline{stroke:var(--o);stroke-dasharray:6 3}
-.chart .series-weight circle{fill:var(--w)}.chart .series-output circle{fill:#fff;stroke:var(--o);stroke-width:1.5}
-.legend-weight{stroke:var(--w);fill:var(--w);stroke-width:2}
-.legend-output{stroke:var(--o);fill:#fff;stroke-width:2;stroke-dasharray:6 3}
+.chart-box{overflow-x:auto}.chart-box svg{max-width:100%;height:auto;display:block}
 .finding{border:1px solid var(--line);border-left:6px solid var(--line);border-radius:4px;padding:.6rem 1rem;
 margin:.8rem 0;break-inside:avoid}
 .finding.severity-error{border-left-color:var(--red)}.finding.severity-warning{border-left-color:#d4a72c}
@@ -109,10 +105,10 @@ def _badge(verdict: str) -> str:
     return f'<span class="badge badge-{_e(verdict)}">{_e(verdict.upper())}</span>'
 
 
-def _counts(counts: dict[str, int]) -> str:
+def _counts(counts: dict[str, int], sep: str = " ") -> str:
     words = {"error": _plural(counts["error"], "error"), "warning": _plural(counts["warning"], "warning"),
              "info": f"{counts['info']} info"}
-    return "".join(f'<span class="sev-{k}{" zero" if not counts[k] else ""}">{words[k]}</span>' for k in words)
+    return sep.join(f'<span class="sev-{k}{" zero" if not counts[k] else ""}">{words[k]}</span>' for k in words)
 
 
 def _flagged(report: Report) -> dict[str, list[str]]:
@@ -123,21 +119,127 @@ def _flagged(report: Report) -> dict[str, list[str]]:
     return out
 
 
+# Chart colours, drawn as SVG presentation attributes (not CSS) so the chart looks the same in every renderer:
+# browsers, an SVG copied out of the page, PDF converters and SVG rasterisers that ignore or only partly
+# support the page's stylesheet. Blue/orange stay apart under the common colour-vision deficiencies; the two
+# series also differ by line (solid / dashed) and marker (filled / hollow), so they survive grey-scale printing.
+INK, MUTED, GRID, RED, BLUE, ORANGE = "#1f2328", "#656d76", "#e6e9ed", "#cf222e", "#1f6feb", "#d4760a"
+_LINE = {"weight": f'stroke="{BLUE}" stroke-width="2"',
+         "output": f'stroke="{ORANGE}" stroke-width="2" stroke-dasharray="6 3"'}
+_FONTS = "system-ui,-apple-system,'Segoe UI',Roboto,'DejaVu Sans',Arial,sans-serif"
+
+
+def _suffix(parts: list[str], room: int) -> str:
+    """The longest run of trailing dot-separated parts that fits in `room` characters ('' if none)."""
+    tail = ""
+    for j in range(len(parts) - 1, -1, -1):
+        if len(".".join(parts[j:])) > room:
+            break
+        tail = ".".join(parts[j:])
+    return tail
+
+
+def _short(name: str) -> str:
+    """An x-axis label: the name, or its last dot-separated parts behind '…', keeping the block index when the
+    parts that fit have none ('blocks.0.attention.output.dense' → '0…output.dense'); the tooltip has it all."""
+    if len(name) <= LABEL_CHARS:
+        return name
+    parts = name.split(".")
+    tail = _suffix(parts, LABEL_CHARS - 1)
+    index = [q for q in parts[:-1] if q.isdigit()]
+    if index and not any(c.isdigit() for c in tail):
+        rest = _suffix(parts, LABEL_CHARS - 1 - len(index[-1]))
+        if rest:
+            return f"{index[-1]}…{rest}"
+    return "…" + (tail or name[-(LABEL_CHARS - 1):])
+
+
+def _marker(cls: str, cx: float, cy: float, r: float, extra: str = "", title: str = "") -> str:
+    """A series marker: |∇W| a filled blue dot, |∂L/∂y| a larger hollow orange ring (visible around a coinciding
+    dot, since the weight series is drawn on top)."""
+    paint = (f'r="{r:.1f}" fill="{BLUE}"' if cls == "weight" else
+             f'r="{r + 0.8:.1f}" fill="#fff" stroke="{ORANGE}" stroke-width="1.5"')
+    tip = f"<title>{title}</title>" if title else ""
+    return f'<circle{extra} cx="{cx:.1f}" cy="{cy:.1f}" {paint}>{tip}</circle>'
+
+
+def _triangle(cls: str, cx: float, cy: float, extra: str = "", title: str = "") -> str:
+    """A NaN/Inf marker: red triangle, filled for |∇W|, hollow for |∂L/∂y| (as the series markers)."""
+    fill = RED if cls == "weight" else "#fff"
+    tip = f"<title>{title}</title>" if title else ""
+    return (f'<path{extra} d="M{cx:.1f},{cy - 4.5:.1f} l5,9 h-10 z" fill="{fill}" stroke="{RED}" '
+            f'stroke-width="1.5" stroke-linejoin="round">{tip}</path>')
+
+
+def _text_px(text: str) -> float:
+    return CHAR_PX * len(text)
+
+
 def chart(report: Report, flagged: dict[str, list[str]]) -> str:
-    """Inline SVG: one x slot per layer (depth order), log10 y with decade gridlines, both norms per layer."""
+    """Inline SVG: one x slot per layer (depth order), log10 y with decade gridlines, both norms per layer.
+
+    NaN/Inf values get red triangles in a strip above the plot, exact zeros (dead units, unused weights) markers
+    in a strip below it: neither has a place on a log scale, and a layer without a visible mark would look
+    unmeasured. Styling is by presentation attributes; the class names stay as hooks for tests and user CSS.
+    """
     layers = report.layers
     n = len(layers)
     if not n:
         return '<p class="no-chart">No layers were measured, so there is no gradient-flow chart.</p>'
+    names = [_name(lv["name"]) for lv in layers]
     logs = [math.log10(lv[k]) for lv in layers for _, k, _, _ in SERIES if _positive(lv.get(k))]
     hi = math.ceil(max(logs) - 1e-9) if logs else 0
     lo = min(math.floor(min(logs)) if logs else hi, hi - 4)
-    longest = max(len(_name(layers[i]["name"])) for i in range(0, n, math.ceil(n / MAX_X_LABELS)))
-    left, top, pw, ph = max(64, 6 + 5 * min(longest, 18)), 44, min(max(n * 24, 560), 1600), 240
-    bottom = 44 + 5 * min(longest, 18)
-    width, height = left + pw + 16, top + ph + bottom
+
+    def measured(lv: dict[str, Any], key: str) -> bool:
+        """False where a layer has nothing to measure: a weightless layer's |∇W|."""
+        return not (lv.get(key) is None and key == "grad_norm" and not lv.get("trainable_params"))
+
+    has_bad = any(_nonfinite(lv.get(k)) for lv in layers for _, k, _, _ in SERIES)
+    has_zero = any(lv.get(k) == 0 and not isinstance(lv.get(k), bool) for lv in layers for _, k, _, _ in SERIES)
+
+    # x labels (thinned to at most MAX_X_LABELS) decide the left and bottom margins: rotated -40°, a label
+    # reaches cos 40° of its length to the left of its layer and sin 40° of it down.
+    k = math.ceil(n / MAX_X_LABELS)
+    shown = [(i, _short(names[i])) for i in range(0, n, k)]
+    label_px = max(_text_px(short) for _, short in shown)
+    left = max(64, math.ceil(0.77 * label_px + 8))
+    right = 16
+    pw = min(max(n * 24, 560), MAX_CHART_WIDTH - left - right)
+    width = left + pw + right
     dx = pw / n
-    r = f"{min(3.0, max(1.2, dx / 3)):.1f}"   # smaller markers when layers are dense
+    r = min(3.5, max(1.2, dx / 3))   # smaller markers when layers are dense
+
+    # legend items, flowed into rows that fit the chart's width
+    items: list[tuple[str, str]] = [
+        (f'<line class="legend-weight" x1="0" y1="0" x2="24" y2="0" {_LINE["weight"]}/>'
+         + _marker("weight", 12, 0, 3.5, ' class="legend-weight"'), f"{SERIES[0][2]} {SERIES[0][3]}"),
+        (f'<line class="legend-output" x1="0" y1="0" x2="24" y2="0" {_LINE["output"]}/>'
+         + _marker("output", 12, 0, 3.5, ' class="legend-output"'), f"{SERIES[1][2]} {SERIES[1][3]}")]
+    if has_bad:
+        items += [(_triangle(cls, 12, 0, f' class="legend-nonfinite-{cls}"'), f"{sym} NaN/Inf")
+                  for cls, _, sym, _ in SERIES]
+    if flagged and any(lv["name"] in flagged for lv in layers):
+        band = f'<rect class="legend-flagged" x="0" y="-6" width="24" height="12" fill="{RED}" fill-opacity="0.12"/>'
+        items.append((band, "layer with a finding"))
+    legend: list[str] = []
+    lx, ly = float(left), 14
+    for j, (swatch, words) in enumerate(items):
+        w = 30 + _text_px(words)
+        if lx > left and (j == 2 or lx + w > width - right):    # the two series first, markers on a new row
+            lx, ly = float(left), ly + 18
+        legend.append(f'<g transform="translate({lx:.0f} {ly})">{swatch}'
+                      f'<text x="30" y="4">{_e(words)}</text></g>')
+        lx += w + 18
+
+    # vertical layout: legend, [NaN/Inf strip], plot, [zero strip], x axis, x labels, axis title
+    band_top = ly + 16
+    bad_rows = (band_top + 8, band_top + 19)
+    top = band_top + (36 if has_bad else 0)
+    ph = 240
+    zero_rows = (top + ph + 16, top + ph + 27)
+    axis_y = top + ph + (36 if has_zero else 0)
+    height = math.ceil(axis_y + 0.65 * label_px + 44)
 
     def x(i: int) -> float:
         return left + (i + 0.5) * dx
@@ -148,62 +250,67 @@ def chart(report: Report, flagged: dict[str, list[str]]) -> str:
     label = (f"Gradient flow for {report.model.get('spec')}: weight-gradient norm and output-gradient norm "
              f"for {_plural(n, 'layer')} in depth order, log scale from 1e{lo} to 1e{hi}")
     p = [(f'<div class="chart-box"><svg class="chart" role="img" aria-label="{_e(label)}" '
-         f'viewBox="0 0 {width} {height}" width="{width}" height="{height}">')]
+          f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+          f'font-family="{_FONTS}" font-size="{FONT_PX}" fill="{INK}">')]
     for i, lv in enumerate(layers):
         if lv["name"] in flagged:
-            w = max(dx, 2.0)
-            p.append(f'<rect class="flagged" x="{x(i) - w / 2:.1f}" y="{top}" width="{w:.1f}" height="{ph}">'
-                     f'<title>{_e(_name(lv["name"]))}: {_e(", ".join(flagged[lv["name"]]))}</title></rect>')
+            w = max(dx, 3.0)   # still visible among 1000 layers
+            p.append(f'<rect class="flagged" x="{x(i) - w / 2:.1f}" y="{band_top}" width="{w:.1f}" '
+                     f'height="{axis_y - band_top}" fill="{RED}" fill-opacity="0.12">'
+                     f'<title>{_e(names[i])}: {_e(", ".join(flagged[lv["name"]]))}</title></rect>')
     step = max(1, math.ceil((hi - lo) / 12))
     for d in range(hi, lo - 1, -step):
         yy = top + ph * (hi - d) / (hi - lo)
-        p.append(f'<line class="grid" x1="{left}" y1="{yy:.1f}" x2="{left + pw}" y2="{yy:.1f}"/>'
+        p.append(f'<line class="grid" x1="{left}" y1="{yy:.1f}" x2="{left + pw}" y2="{yy:.1f}" stroke="{GRID}"/>'
                  f'<text class="ylabel" x="{left - 6}" y="{yy + 4:.1f}" text-anchor="end">1e{d}</text>')
-    p.append(f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}"/>'
-             f'<line class="axis" x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}"/>')
+    if has_bad:
+        p.append(f'<text class="ylabel-nonfinite" x="{left - 6}" y="{(bad_rows[0] + bad_rows[1]) / 2 + 4:.1f}" '
+                 f'text-anchor="end" fill="{RED}" font-weight="700">NaN/Inf</text>'
+                 f'<line class="separator" x1="{left}" y1="{top - 7}" x2="{left + pw}" y2="{top - 7}" '
+                 f'stroke="{MUTED}" stroke-dasharray="2 3"/>')
+    if has_zero:
+        p.append(f'<text class="ylabel-zero" x="{left - 6}" y="{(zero_rows[0] + zero_rows[1]) / 2 + 4:.1f}" '
+                 f'text-anchor="end">0</text><line class="separator" x1="{left}" y1="{top + ph + 7}" '
+                 f'x2="{left + pw}" y2="{top + ph + 7}" stroke="{MUTED}" stroke-dasharray="2 3"/>')
+    p.append(f'<line class="axis" x1="{left}" y1="{band_top if has_bad else top}" x2="{left}" y2="{axis_y}" '
+             f'stroke="{MUTED}"/><line class="axis" x1="{left}" y1="{axis_y}" x2="{left + pw}" y2="{axis_y}" '
+             f'stroke="{MUTED}"/>')
     p.append(f'<text x="14" y="{top + ph / 2:.0f}" text-anchor="middle" transform="rotate(-90 14 {top + ph / 2:.0f})">'
              'gradient norm (log scale)</text>')
     p.append(f'<text x="{left + pw / 2:.0f}" y="{height - 6}" text-anchor="middle">layers in depth order →</text>')
-    k = math.ceil(n / MAX_X_LABELS)
-    for i in range(0, n, k):
-        name = _name(layers[i]["name"])
-        short = name if len(name) <= 18 else "…" + name[-17:]
-        cls = "xlabel flagged" if layers[i]["name"] in flagged else "xlabel"
-        yy = top + ph + 12
-        p.append(f'<text class="{cls}" x="{x(i):.1f}" y="{yy}" text-anchor="end" '
-                 f'transform="rotate(-40 {x(i):.1f} {yy})"><title>{_e(name)}</title>{_e(short)}</text>')
-    bad: list[str] = []
+    for i, short in shown:
+        hot = layers[i]["name"] in flagged
+        cls = "xlabel flagged" if hot else "xlabel"
+        paint = f' fill="{RED}" font-weight="700"' if hot else ""
+        yy = axis_y + 14
+        p.append(f'<text class="{cls}" x="{x(i):.1f}" y="{yy}" text-anchor="end"{paint} '
+                 f'transform="rotate(-40 {x(i):.1f} {yy})"><title>{_e(names[i])}</title>{_e(short)}</text>')
+    groups: dict[str, str] = {}
+    odd: list[str] = []     # NaN/Inf and zero markers
     for s, (cls, key, sym, _) in enumerate(SERIES):
         segs: list[list[str]] = [[]]
         marks: list[str] = []
         for i, lv in enumerate(layers):
             v = lv.get(key)
+            tip = f"{_e(names[i])}: {sym} {_e(fmt(v))}"
             if _positive(v):
                 segs[-1].append(f"{x(i):.1f},{y(v):.1f}")
-                marks.append(f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="{r}">'
-                             f'<title>{_e(_name(lv["name"]))}: {sym} {_e(fmt(v))}</title></circle>')
+                marks.append(_marker(cls, x(i), y(v), r, title=tip))
                 continue
-            if v is None and key == "grad_norm" and not lv.get("trainable_params"):
+            if not measured(lv, key):
                 continue   # no weights of its own: nothing to measure, the line runs on
             segs.append([])
             if _nonfinite(v):
-                yy = top + 2 + 10 * s
-                bad.append(f'<path class="nonfinite nonfinite-{cls}" d="M{x(i):.1f},{yy} l5,9 h-10 z">'
-                           f'<title>{_e(_name(lv["name"]))}: {sym} {_e(fmt(v))}</title></path>')
-        lines = "".join(f'<polyline points="{" ".join(seg)}"/>' for seg in segs if len(seg) > 1)
-        p.append(f'<g class="series-{cls}">{lines}{"".join(marks)}</g>')
-    p.append(f'<g class="nonfinite-markers">{"".join(bad)}</g>')
-    lx, ly = left, 12
-    p.append('<g class="legend">')
-    for cls, _, sym, words in SERIES:
-        p.append(f'<line class="legend-{cls}" x1="{lx}" y1="{ly}" x2="{lx + 24}" y2="{ly}"/>'
-                 f'<circle class="legend-{cls}" cx="{lx + 12}" cy="{ly}" r="3"/>'
-                 f'<text x="{lx + 30}" y="{ly + 4}">{sym} {words}</text>')
-        lx += 220
-    lx, ly = left, 30
-    p.append(f'<path class="nonfinite" d="M{lx + 12},{ly - 5} l5,9 h-10 z"/><text x="{lx + 30}" y="{ly + 4}">NaN/Inf'
-             f'</text><rect class="flagged" x="{lx + 90}" y="{ly - 6}" width="24" height="12"/>'
-             f'<text x="{lx + 120}" y="{ly + 4}">layer with a finding</text></g></svg></div>')
+                odd.append(_triangle(cls, x(i), bad_rows[s], f' class="nonfinite nonfinite-{cls}"', tip))
+            elif v == 0 and not isinstance(v, bool):
+                odd.append(_marker(cls, x(i), zero_rows[s], max(r, 2.5), f' class="zero zero-{cls}"', tip))
+        lines = "".join(f'<polyline points="{" ".join(seg)}" fill="none" {_LINE[cls]} stroke-linejoin="round"/>'
+                        for seg in segs if len(seg) > 1)
+        groups[cls] = f'<g class="series-{cls}">{lines}{"".join(marks)}</g>'
+    p.append(groups["output"])    # weight on top: its dot stays visible inside a coinciding output ring
+    p.append(groups["weight"])
+    p.append(f'<g class="nonfinite-markers">{"".join(odd)}</g>')
+    p.append(f'<g class="legend">{"".join(legend)}</g></svg></div>')
     return "\n".join(p)
 
 
@@ -269,8 +376,8 @@ def render_report(report: Report, idx: int, counter: list[int]) -> str:
          (f'<p class="meta">{_e(m.get("class"))} · {_e(fmt(m.get("parameters")))} parameters '
          f'({_e(fmt(m.get("trainable_parameters")))} trainable) · '
          f'{_plural(len(report.layers), "layer")} measured</p>'),
-         (f'<p class="counts">{_counts(c)}<span>exit {report.exit_code}</span>'
-         f'<span>fail-on {_e(report.fail_on.value)}</span></p></header>'),
+         (f'<p class="counts">{_counts(c)} <span>exit {report.exit_code}</span>'
+         f' <span>fail-on {_e(report.fail_on.value)}</span></p></header>'),
          "<h3>Gradient flow</h3>", chart(report, flagged)]
     findings = report.active_findings()
     p.append(f"<h3>Findings ({len(findings)})</h3>")
@@ -340,7 +447,7 @@ def render(suite: Suite, out: TextIO, **_: object) -> None:
          f"<title>gradcheck: {_e(subject)} — {suite.verdict.upper()}</title>", f"<style>{CSS}</style>", "</head>",
          "<body>", f'<header class="top"><h1>gradcheck report {_badge(suite.verdict)}</h1>',
          (f'<p class="meta">gradcheck {_e(__version__)} · {_plural(models, "model")} · '
-         f'{_counts(suite.counts())} · fail-on {_e(suite.fail_on.value)} · exit {suite.exit_code}</p></header>')]
+         f'{_counts(suite.counts(), ", ")} · fail-on {_e(suite.fail_on.value)} · exit {suite.exit_code}</p></header>')]
     if suite.baseline is not None:
         b = suite.baseline
         line = (f"baseline <code>{_e(b.get('path'))}</code>: {_plural(int(b.get('suppressed') or 0), 'finding')} "
