@@ -86,9 +86,10 @@ def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any
     t2 = time.perf_counter()
     findings = apply_rules(result.stats, s.rules)
     where = sources.object_location(origin if origin is not None else model)
-    locate = sources.layer_locator(model, where)
-    for f in findings:
-        f.location = locate(f.layer)
+    if findings:
+        locate = sources.layer_locator(model, where)
+        for f in findings:
+            f.location = locate(f.layer)
     t3 = time.perf_counter()
     timings = {"load_s": round(t1 - t0, 4), "passes_s": round(t2 - t1, 4),
                "analysis_s": round(t3 - t2, 4), "total_s": round(t3 - t0, 4)}

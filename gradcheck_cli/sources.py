@@ -7,6 +7,7 @@ defines the model (its class or factory), and None when even that is unknown.
 
 from __future__ import annotations
 
+import dis
 import os
 import re
 import sysconfig
@@ -82,7 +83,7 @@ def _assignment_line(cls: type, attr: str, lines: _Lines) -> tuple[str, int] | N
         if code is None or not is_user_file(code.co_filename):
             continue
         src = lines.get(code.co_filename)
-        last = max((ln for _, _, ln in code.co_lines() if ln), default=code.co_firstlineno)
+        last = max((ln for _, ln in dis.findlinestarts(code) if ln), default=code.co_firstlineno)
         for n in range(code.co_firstlineno, min(last, len(src)) + 1):
             if pattern.search(src[n - 1]):
                 return code.co_filename, n

@@ -3,8 +3,9 @@
 tool.driver.rules comes from the rule registry (each rule's docstring is its full description and help);
 a result's level follows its severity; its location is the model file and the line that defines the
 offending layer (see gradcheck_cli.sources), relative to the working directory under %SRCROOT% (run
-gradcheck from the repository root so the paths match the checkout). Findings suppressed by a baseline or an ignore carry a SARIF
-`suppressions` entry; models that could not be checked are tool execution notifications.
+gradcheck from the repository root so the paths match the checkout). Findings suppressed by a baseline
+or an ignore carry a SARIF `suppressions` entry; models that could not be checked are tool execution
+notifications.
 """
 
 from __future__ import annotations
