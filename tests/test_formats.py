@@ -313,7 +313,7 @@ def test_combined_json_is_schema_valid_and_takes_the_highest_exit_code():
     assert Suite(reports=[broken(), healthy()]).exit_code == 1
     assert Suite(reports=[healthy(), healthy()]).exit_code == 0
     text = rendered(suite, "text")
-    assert "3 models, 1 could not be checked" in text and "→ exit 2" in text
+    assert "✗ ERROR  3 models, 1 could not be checked" in text and "→ exit 2" in text
 
 
 # -- end to end: one run of a broken example and one of a healthy one, every format ----------------------------

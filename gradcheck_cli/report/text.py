@@ -170,7 +170,8 @@ def render(suite: Suite, out: TextIO, *, color: bool | None = None, width: int |
     if not suite.single:
         counts = suite.counts()
         total = Text()
-        total.append("✗ FAIL" if suite.exit_code else "✓ PASS", style="bold red" if suite.exit_code else "bold green")
+        total.append({"pass": "✓ PASS", "fail": "✗ FAIL", "error": "✗ ERROR"}[suite.verdict],
+                     style="bold red" if suite.exit_code else "bold green")
         n = len(suite.reports) + len(suite.errors)
         unchecked = f", {len(suite.errors)} could not be checked" if suite.errors else ""
         total.append(f"  {n} models{unchecked}: {_count_line(counts)} (fail-on {suite.fail_on.value}) "
