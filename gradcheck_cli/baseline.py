@@ -123,11 +123,13 @@ def baseline_document(suite: Suite) -> dict[str, Any]:
             "findings": entries}
 
 
-def write_baseline(suite: Suite, path: Path) -> None:
+def write_baseline(suite: Suite, path: Path) -> list[dict[str, Any]]:
+    """Write the baseline atomically; returns its entries."""
     from gradcheck_cli.report import _atomic_write
 
     doc = baseline_document(suite)
     _atomic_write(path, lambda fh: fh.write(json.dumps(doc, indent=2, allow_nan=False) + "\n"))
+    return doc["findings"]
 
 
 def read_baseline(path: Path) -> list[dict[str, Any]]:

@@ -185,16 +185,14 @@ def check(
     for s in runs:
         _check_one(s, suite, target, verbose, single=len(runs) == 1)
     try:
+        from gradcheck_cli import baseline as bl
+
         if entries is not None:
-            from gradcheck_cli.baseline import apply_baseline
-
-            apply_baseline(suite, entries, settings.baseline)
+            bl.apply_baseline(suite, entries, settings.baseline)
         if write_baseline is not None:
-            from gradcheck_cli.baseline import apply_baseline, baseline_document, write_baseline as write_b
-
-            write_b(suite, write_baseline)
-            if entries is None:
-                apply_baseline(suite, baseline_document(suite)["findings"], str(write_baseline))
+            written = bl.write_baseline(suite, write_baseline)
+            if entries is None:   # what was just recorded is accepted in this run too
+                bl.apply_baseline(suite, written, str(write_baseline))
         _emit(suite, settings, target["outputs"])
     except GradcheckError as exc:
         _fail(exc, verbose)

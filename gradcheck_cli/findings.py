@@ -82,6 +82,14 @@ class Report:
     def suppressed_findings(self) -> list[Finding]:
         return [f for f in self.sorted_findings() if not f.active]
 
+    def flagged_layers(self) -> dict[str, list[str]]:
+        """Layer name -> codes of the findings that count and name it (renderers mark these layers)."""
+        out: dict[str, list[str]] = {}
+        for f in self.active_findings():
+            if f.layer is not None and f.code not in out.setdefault(f.layer, []):
+                out[f.layer].append(f.code)
+        return out
+
     def failing(self) -> list[Finding]:
         t = self.fail_on.threshold()
         return [] if t is None else [f for f in self.findings if f.active and f.severity.rank >= t]

@@ -25,3 +25,10 @@ def fmt(x: Any, sci_digits: int = 2) -> str:
     if 1e-3 <= abs(x) < 1e4:
         return f"{x:.3g}"
     return f"{x:.{sci_digits}e}"
+
+
+def count_phrase(counts: dict[str, int], suppressed: int = 0) -> str:
+    """'0 errors, 1 warning, 2 info' (+ ', 3 suppressed'): the summary line every renderer shows."""
+    out = (f"{counts['error']} error{'' if counts['error'] == 1 else 's'}, "
+           f"{counts['warning']} warning{'' if counts['warning'] == 1 else 's'}, {counts['info']} info")
+    return out + (f", {suppressed} suppressed" if suppressed else "")

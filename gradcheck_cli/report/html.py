@@ -111,14 +111,6 @@ def _counts(counts: dict[str, int], sep: str = " ") -> str:
     return sep.join(f'<span class="sev-{k}{" zero" if not counts[k] else ""}">{words[k]}</span>' for k in words)
 
 
-def _flagged(report: Report) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for f in report.active_findings():
-        if f.layer is not None and f.code not in out.setdefault(f.layer, []):
-            out[f.layer].append(f.code)
-    return out
-
-
 # Chart colours, drawn as SVG presentation attributes (not CSS) so the chart looks the same in every renderer:
 # browsers, an SVG copied out of the page, PDF converters and SVG rasterisers that ignore or only partly
 # support the page's stylesheet. Blue/orange stay apart under the common colour-vision deficiencies; the two
@@ -367,7 +359,7 @@ def _settings(report: Report) -> str:
 
 def render_report(report: Report, idx: int, counter: list[int]) -> str:
     m = report.model
-    flagged = _flagged(report)
+    flagged = report.flagged_layers()
     src = m.get("source")
     where = f' <span class="loc">({_e(src["file"])}:{_e(src["line"])})</span>' if src else ""
     c = report.counts()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TextIO
 
 from gradcheck_cli.findings import Finding, ModelError, Report, Severity, Suite
-from gradcheck_cli.numbers import fmt
+from gradcheck_cli.numbers import count_phrase, fmt
 
 ICONS = {Severity.ERROR: "🔴", Severity.WARNING: "🟡", Severity.INFO: "🔵"}
 VERDICT = {"pass": "✅ PASS", "fail": "❌ FAIL", "error": "⛔ ERROR"}
@@ -26,12 +26,6 @@ def code(text: object) -> str:
     return f"`{s}`"
 
 
-def _counts(counts: dict[str, int], suppressed: int = 0) -> str:
-    out = f"{counts['error']} error{'s' if counts['error'] != 1 else ''}, " \
-          f"{counts['warning']} warning{'s' if counts['warning'] != 1 else ''}, {counts['info']} info"
-    return out + (f", {suppressed} suppressed" if suppressed else "")
-
-
 def _where(f: Finding) -> str:
     layer = code(f.layer or "(model)") if f.layer is not None else "—"
     if f.location:
@@ -45,7 +39,7 @@ def _report(report: Report, out: list[str], level: str) -> None:
     out.append("")
     out.append(f"{cell(m['class'])}, {fmt(m['parameters'])} parameters, {m['layers_measured']} layers measured · "
                f"{s['steps']} steps, seed {s['seed']}, {cell(s['device'])} · "
-               f"{_counts(report.counts(), len(report.suppressed_findings()))} · fail-on {report.fail_on.value} "
+               f"{count_phrase(report.counts(), len(report.suppressed_findings()))} · fail-on {report.fail_on.value} "
                f"→ exit {report.exit_code}")
     out.append("")
     active = report.active_findings()
@@ -103,7 +97,7 @@ def render(suite: Suite, out: TextIO, **_: object) -> None:
         suppressed = sum(1 for f in suite.findings() if not f.active)
         lines.append(f"## gradcheck {VERDICT[suite.verdict]}")
         lines.append("")
-        lines.append(f"{len(suite.reports) + len(suite.errors)} models · {_counts(suite.counts(), suppressed)} · "
+        lines.append(f"{len(suite.reports) + len(suite.errors)} models · {count_phrase(suite.counts(), suppressed)} · "
                      f"fail-on {suite.fail_on.value} → exit {suite.exit_code}")
         lines.append("")
         lines.append("| Model | Verdict | Errors | Warnings | Info |")

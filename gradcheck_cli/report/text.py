@@ -16,6 +16,7 @@ from rich.text import Text
 
 from gradcheck_cli import __version__
 from gradcheck_cli.findings import ModelError, Report, Severity, Suite
+from gradcheck_cli.numbers import count_phrase
 from gradcheck_cli.numbers import fmt as _fmt
 
 BAR_WIDTH = 14
@@ -92,12 +93,7 @@ def _select_rows(layers: list[dict[str, Any]], flagged: set[str], max_rows: int)
 
 
 def layer_table(report: Report, max_rows: int) -> Table:
-    flagged: dict[str, list[str]] = {}
-    for f in report.findings:
-        if f.layer is not None:
-            flagged.setdefault(f.layer, [])
-            if f.code not in flagged[f.layer]:
-                flagged[f.layer].append(f.code)
+    flagged = report.flagged_layers()
     layers = report.layers
     scale = bar_scale([l.get("output_grad_norm") for l in layers])
     table = Table(box=None, pad_edge=False, padding=(0, 1), header_style="bold", show_edge=False)
@@ -174,14 +170,9 @@ def render(suite: Suite, out: TextIO, *, color: bool | None = None, width: int |
                      style="bold red" if suite.exit_code else "bold green")
         n = len(suite.reports) + len(suite.errors)
         unchecked = f", {len(suite.errors)} could not be checked" if suite.errors else ""
-        total.append(f"  {n} models{unchecked}: {_count_line(counts)} (fail-on {suite.fail_on.value}) "
+        total.append(f"  {n} models{unchecked}: {count_phrase(counts)} (fail-on {suite.fail_on.value}) "
                      f"→ exit {suite.exit_code}")
         console.print(total)
-
-
-def _count_line(counts: dict[str, int]) -> str:
-    return (f"{counts['error']} error{'s' if counts['error'] != 1 else ''}, "
-            f"{counts['warning']} warning{'s' if counts['warning'] != 1 else ''}, {counts['info']} info")
 
 
 def render_error(e: ModelError, console: Console) -> None:
@@ -256,7 +247,7 @@ def render_report(report: Report, console: Console, max_rows: int = 40) -> None:
             line.append(f": {f.suppressed['by']}, {f.suppressed['reason']}", style="dim")
             console.print(line)
         console.print()
-    summary = _count_line(report.counts()) + (f", {len(suppressed)} suppressed" if suppressed else "")
+    summary = count_phrase(report.counts(), len(suppressed))
     verdict = Text()
     if report.verdict == "fail":
         verdict.append("✗ FAIL", style="bold red")
