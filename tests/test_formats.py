@@ -213,6 +213,14 @@ def test_parse_output(value, default, expected):
     assert (fmt, path) == (expected[0], Path(expected[1]))
 
 
+@pytest.mark.parametrize("value,message", [("jsn:out.json", "unknown format 'jsn'"), ("sarif:", "no path after 'sarif:'")])
+def test_bad_output_is_a_one_line_input_error(tmp_path, monkeypatch, value, message):
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["check", str(EXAMPLES / "healthy_mlp.py:build"), "-o", value])
+    assert r.exit_code == 2 and message in r.stderr and "Traceback" not in r.output
+    assert not list(tmp_path.iterdir())          # nothing written
+
+
 def test_every_format_is_in_the_renderer_table_and_the_cli_enum():
     from gradcheck_cli.cli import OutputFormat
     from gradcheck_cli.config import FORMATS

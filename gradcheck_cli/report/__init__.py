@@ -37,6 +37,12 @@ def parse_output(value: str, default_format: str | None) -> tuple[str, Path]:
     head, sep, tail = value.partition(":")
     if sep and head in RENDERERS and tail:
         return head, Path(tail)
+    if sep and len(head) > 1 and head.isalnum():   # a mistyped format (a drive letter is one character)
+        from gradcheck_cli.errors import InputError
+
+        problem = f"no path after '{head}:'" if head in RENDERERS and not tail else f"unknown format {head!r}"
+        raise InputError(f"--output {value}: {problem}",
+                         hint=f"use FORMAT:PATH with FORMAT one of {', '.join(RENDERERS)}")
     if default_format is not None:
         return default_format, Path(value)
     return SUFFIXES.get(Path(value).suffix.lower(), "text"), Path(value)
