@@ -181,6 +181,10 @@ def check(
     timeout: Annotated[Optional[float], typer.Option(
         min=0.001, metavar="SECONDS", help="Stop with exit 3, naming the phase, when the run takes longer than this many seconds "
                         "(a forward pass that never returns); for CI [default:\u00a0off].")] = None,
+    color: Annotated[Optional[bool], typer.Option(
+        "--color/--no-color", show_default=False,
+        help="Colour the text report. Default: colour on a terminal unless NO_COLOR is set; FORCE_COLOR=1 "
+             "forces it (for CI logs that show ANSI colours).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")] = False,
 ) -> None:
     """Run a few instrumented forward/backward passes on MODEL and report gradient problems.
@@ -230,7 +234,7 @@ def check(
             written = bl.write_baseline(suite, write_baseline)
             if entries is None:   # what was just recorded is accepted in this run too
                 bl.apply_baseline(suite, written, str(write_baseline))
-        _emit(suite, settings, target["outputs"])
+        _emit(suite, settings, target["outputs"], color)
     except GradcheckError as exc:
         _fail(exc, verbose)
     raise typer.Exit(suite.exit_code)
@@ -328,7 +332,7 @@ def _check_output_path(output: Path | str | None, flag: str = "--output") -> Non
         raise InputError(f"cannot write {path}: permission denied", hint=f"choose another {flag}")
 
 
-def _emit(suite, settings, outputs: list[tuple[str, Path]]) -> None:
+def _emit(suite, settings, outputs: list[tuple[str, Path]], color: bool | None = None) -> None:
     import os
 
     from gradcheck_cli import report as renderers
@@ -339,7 +343,7 @@ def _emit(suite, settings, outputs: list[tuple[str, Path]]) -> None:
         except OSError as exc:
             raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
     screen = "text" if outputs else settings.format
-    renderers.render(suite, screen, sys.stdout, max_rows=settings.max_rows)
+    renderers.render(suite, screen, sys.stdout, max_rows=settings.max_rows, color=color)
     if os.environ.get("GITHUB_ACTIONS") == "true":
         from gradcheck_cli.report.github import annotations
 

@@ -1,0 +1,152 @@
+"""The report as people read it: golden terminal output of real models (GPT-2, an RNN, a 100-layer MLP) at 80 and
+120 columns and piped; the table's layout guarantees; colour switches; the one per-layer view; one list of choices.
+
+Regenerate the goldens after an intended change (and review the diff):
+
+    GRADCHECK_UPDATE_GOLDEN=1 python -m pytest tests/test_report_views.py
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from report_fixtures import html_of, report_of, text_of
+from test_golden import check_golden
+
+from gradcheck_cli.report.view import build_view
+
+ROOT = Path(__file__).resolve().parent.parent
+WIDTHS = {"80": 80, "120": 120, "piped": None}
+
+
+@pytest.mark.parametrize("name", ["gpt2", "rnn", "mlp100"])
+@pytest.mark.parametrize("cols", list(WIDTHS))
+def test_text_golden(name, cols):
+    text = text_of(name, WIDTHS[cols])
+    check_golden(f"text/{name}-{cols}.txt", text)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "rnn", "mlp100", "tanh"])
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_table_lines_fit_and_names_never_wrap(name, width):
+    report = report_of(name)
+    view = build_view(report)
+    text = text_of(name, width, max_rows=0)
+    lines = text.splitlines()
+    assert all(len(line) <= width for line in lines), [line for line in lines if len(line) > width]
+    assert all(line == line.rstrip() for line in lines)
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("# layer"))
+    end = next(i for i, line in enumerate(lines) if line.startswith("|∇W|:"))
+    rows = [line for line in lines[start + 1:end] if re.match(r"^\s*\d+ ", line)]
+    assert len(rows) == len(view.layers)
+    by_index = {int(line.split()[0]): line for line in rows}
+    for lv in view.layers:
+        row = by_index[lv.index]            # every layer has exactly one row line ...
+        shown = row.split()[1]
+        assert shown == lv.local.split()[0] or "…" in shown, (lv.name, row)   # ... with its whole (or elided) name
+        if lv.codes:
+            assert f"◀ {','.join(lv.codes)}" in row, row                       # the marker stays on the row
+
+
+@pytest.mark.parametrize("name", ["gpt2", "rnn", "mlp100", "tanh"])
+def test_piped_output_is_not_wrapped(name):
+    report = report_of(name)
+    text = text_of(name, None, max_rows=0)
+    lines = text.splitlines()
+    assert all(line == line.rstrip() for line in lines)
+    for f in report.active_findings():
+        assert any(line.strip() == f.message for line in lines), f.message           # one line each
+        for fix in f.fixes:
+            assert any(line.endswith(fix) for line in lines), fix
+    for lv in build_view(report).layers:
+        assert any(lv.local in line.split() for line in lines), lv.name
+    assert max(len(line) for line in lines) > 80          # nothing was wrapped at 80 columns
+
+
+def test_every_covered_layer_is_flagged_in_every_view():
+    report = report_of("tanh")
+    [f] = [f for f in report.findings if f.rule == "saturated-activations"]
+    assert len(f.layers) == len(f.evidence["saturated_fraction"]) > 1
+    view = build_view(report)
+    assert [lv.name for lv in view.layers if lv.codes] == f.layers
+    text = text_of("tanh", 80, max_rows=0)
+    for name in f.layers:
+        assert re.search(rf"^\s*\d+ {re.escape(name)} .*◀ GC104", text, re.M), name
+    doc = html_of("tanh")
+    assert doc.count('class="flagged"') >= len(f.layers)
+
+
+def test_view_is_plain_data_and_notes_are_shared():
+    report = report_of("rnn")
+    view = build_view(report)
+    d = view.to_dict()
+    assert isinstance(d["layers"][0]["notes"], list)
+    [rnn] = view.recurrent
+    note = next(n.text for n in rnn.notes if n.kind == "time")
+    assert note.startswith("T=100 first/last")
+    assert note in text_of("rnn", None) and note in html_of("rnn")
+
+
+def test_blocks_of_a_transformer():
+    view = build_view(report_of("gpt2"))
+    assert [b.name for b in view.blocks] == [f"transformer.h.{i}" for i in range(4)]
+    assert {"linear", "norm", "embedding"} <= set(view.kinds)
+    assert not build_view(report_of("mlp100")).blocks           # nn.Sequential children are no blocks
+
+
+def _run(args, env_extra, tty=False):
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR", "COLUMNS")}
+    env.update(env_extra)
+    cmd = [sys.executable, "-m", "gradcheck_cli", "check", str(ROOT / "examples" / "healthy_mlp.py:build"), *args]
+    if not tty:
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120).stdout
+    import pty
+
+    master, slave = pty.openpty()
+    p = subprocess.Popen(cmd, stdout=slave, stderr=subprocess.DEVNULL, env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    p.wait(timeout=120)
+    os.close(master)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+@pytest.mark.slow
+def test_colour_switches():
+    assert "\x1b[" not in _run([], {})                                  # piped: no colour
+    assert "\x1b[" in _run([], {"FORCE_COLOR": "1"})                    # CI logs that render ANSI
+    assert "\x1b[" in _run(["--color"], {})
+    assert "\x1b[" not in _run(["--no-color"], {"FORCE_COLOR": "1"})
+    assert "\x1b[" in _run([], {"TERM": "xterm-256color"}, tty=True)    # a terminal: colour ...
+    assert "\x1b[3" not in _run([], {"TERM": "xterm-256color", "NO_COLOR": "1"}, tty=True)   # ... unless NO_COLOR
+
+
+def test_choices_live_in_one_place():
+    """The lists of formats, devices and fail-on values are written once (gradcheck_cli/choices.py)."""
+    from gradcheck_cli.choices import DEVICES, FAIL_ON, FORMATS
+    from gradcheck_cli.cli import Device, OutputFormat
+    from gradcheck_cli.findings import FailOn
+    from gradcheck_cli.report import RENDERERS
+
+    assert tuple(RENDERERS) == FORMATS == tuple(f.value for f in OutputFormat)
+    assert DEVICES == tuple(d.value for d in Device) and FAIL_ON == tuple(f.value for f in FailOn)
+    lists = [", ".join(f'"{x}"' for x in seq[:3]) for seq in (FORMATS, DEVICES, FAIL_ON)]
+    lists += [", ".join(seq[:3]) for seq in (FORMATS, DEVICES, FAIL_ON)]
+    for path in (ROOT / "gradcheck_cli").rglob("*.py"):
+        if path.name == "choices.py":
+            continue
+        src = path.read_text(encoding="utf-8")
+        for needle in lists:
+            assert needle not in src, f"{path.relative_to(ROOT)} keeps its own copy of {needle!r}"
