@@ -7,16 +7,15 @@ Regenerate the goldens after an intended change (and review the diff):
 """
 from __future__ import annotations
 
-import os
+import io
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from report_fixtures import html_of, report_of, text_of
 from test_golden import check_golden
 
+from gradcheck_cli.report import render
 from gradcheck_cli.report.view import build_view
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,39 +97,60 @@ def test_blocks_of_a_transformer():
     assert not build_view(report_of("mlp100")).blocks           # nn.Sequential children are no blocks
 
 
-def _run(args, env_extra, tty=False):
-    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR", "COLUMNS")}
-    env.update(env_extra)
-    cmd = [sys.executable, "-m", "gradcheck_cli", "check", str(ROOT / "examples" / "healthy_mlp.py:build"), *args]
-    if not tty:
-        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120).stdout
-    import pty
+class _Tty(io.StringIO):
+    """A stream that says it is a terminal."""
 
-    master, slave = pty.openpty()
-    p = subprocess.Popen(cmd, stdout=slave, stderr=subprocess.DEVNULL, env=env)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    p.wait(timeout=120)
-    os.close(master)
-    return b"".join(chunks).decode("utf-8", "replace")
+    def isatty(self) -> bool:
+        return True
+
+
+def _colour(monkeypatch, env: dict[str, str], color=None, tty: bool = False) -> str:
+    for k in ("NO_COLOR", "FORCE_COLOR", "TERM", "COLUMNS"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    out = _Tty() if tty else io.StringIO()
+    render(report_of("rnn"), "text", out, color=color)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("env,color,tty,ansi", [
+    ({}, None, False, False),                                   # piped: no colour
+    ({"FORCE_COLOR": "1"}, None, False, True),                  # CI logs that render ANSI
+    ({}, True, False, True),                                    # --color
+    ({"FORCE_COLOR": "1"}, False, False, False),                # --no-color wins over FORCE_COLOR
+    ({"TERM": "xterm-256color"}, None, True, True),             # a terminal gets colour ...
+    ({"TERM": "xterm-256color", "NO_COLOR": "1"}, None, True, False),   # ... unless NO_COLOR is set
+    ({"TERM": "xterm-256color", "NO_COLOR": "1"}, True, True, True),    # --color wins over NO_COLOR
+])
+def test_colour_switches(monkeypatch, env, color, tty, ansi):
+    text = _colour(monkeypatch, env, color, tty)
+    assert ("\x1b[3" in text or "\x1b[1;3" in text) == ansi, text[:200]
 
 
 @pytest.mark.slow
-def test_colour_switches():
-    assert "\x1b[" not in _run([], {})                                  # piped: no colour
-    assert "\x1b[" in _run([], {"FORCE_COLOR": "1"})                    # CI logs that render ANSI
-    assert "\x1b[" in _run(["--color"], {})
-    assert "\x1b[" not in _run(["--no-color"], {"FORCE_COLOR": "1"})
-    assert "\x1b[" in _run([], {"TERM": "xterm-256color"}, tty=True)    # a terminal: colour ...
-    assert "\x1b[3" not in _run([], {"TERM": "xterm-256color", "NO_COLOR": "1"}, tty=True)   # ... unless NO_COLOR
+def test_colour_flags_reach_the_renderer(monkeypatch):
+    from typer.testing import CliRunner
+
+    from gradcheck_cli.cli import app
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    spec = str(ROOT / "examples" / "healthy_mlp.py:build")
+    runner = CliRunner()
+    assert "\x1b[" in runner.invoke(app, ["check", spec]).stdout
+    assert "\x1b[" not in runner.invoke(app, ["check", spec, "--no-color"]).stdout
+    monkeypatch.delenv("FORCE_COLOR")
+    assert "\x1b[" in runner.invoke(app, ["check", spec, "--color"]).stdout
+
+
+def test_terminal_width_is_used_only_for_a_terminal(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "70")
+    tty, piped = _Tty(), io.StringIO()
+    render(report_of("mlp100"), "text", tty, color=False)
+    render(report_of("mlp100"), "text", piped, color=False)
+    assert max(map(len, tty.getvalue().splitlines())) <= 70
+    assert max(map(len, piped.getvalue().splitlines())) > 70
 
 
 def test_choices_live_in_one_place():
