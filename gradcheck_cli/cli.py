@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 from typing_extensions import Annotated
 
 from gradcheck_cli import __version__
@@ -97,6 +97,14 @@ def _given_value(names: list[str], args: list[str]) -> str | None:
     return found
 
 
+class _Command(TyperCommand):
+    """Plain help without the type placeholder Typer puts after an argument's name (`MODEL <str>`)."""
+
+    def get_help(self, ctx) -> str:  # noqa: ANN001
+        return re.sub(r"^(  [A-Z_]+) <[a-z]+>", lambda m: m[1] + " " * (len(m[0]) - len(m[1])),
+                      super().get_help(ctx), flags=re.M)
+
+
 app = typer.Typer(
     cls=_Group,
     name="gradcheck",
@@ -140,7 +148,7 @@ def _fail(exc: GradcheckError, verbose: bool) -> None:
     raise typer.Exit(exc.exit_code)
 
 
-@app.command(epilog=EXIT_CODES_HELP, short_help="Check a model and report gradient problems.")
+@app.command(cls=_Command, epilog=EXIT_CODES_HELP, short_help="Check a model and report gradient problems.")
 def check(
     model: Annotated[Optional[str], typer.Argument(
         help="The model: path/to/file.py:NAME or package.module:NAME (an nn.Module subclass, a zero-argument "
@@ -371,8 +379,8 @@ def list_rules() -> None:
     Console(highlight=False).print(table)
 
 
-@app.command(short_help="Show a rule's documentation.")
-def explain(rule: Annotated[str, typer.Argument(help="Rule id (e.g. vanishing-gradients) or code (GC101).")]) -> None:
+@app.command(cls=_Command, short_help="Show a rule's documentation.")
+def explain(rule: Annotated[str, typer.Argument(metavar="RULE", help="Rule id (e.g. vanishing-gradients) or code (GC101).")]) -> None:
     """Show a rule's full documentation: what it does, why it matters, example, fixes, options."""
     from rich.text import Text
 

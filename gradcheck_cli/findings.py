@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
@@ -58,9 +59,17 @@ class Finding:
         return self.suppressed is None
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON: plain text (the `code` spans of message and fixes lose their Markdown backticks)."""
         d = asdict(self)
         d["severity"] = self.severity.value
+        d["message"] = plain_text(self.message)
+        d["fixes"] = [plain_text(x) for x in self.fixes]
         return d
+
+
+def plain_text(text: str) -> str:
+    """Rule messages mark names as `code` (Markdown and HTML render it); machine formats get the text alone."""
+    return re.sub(r"`([^`]+)`", r"\1", text)
 
 
 @dataclass

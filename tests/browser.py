@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
@@ -23,11 +24,25 @@ SKIP_REASON = ("headless Chromium not found (install it, e.g. `apt-get install c
                "GRADCHECK_CHROMIUM to its path) - the browser checks of the HTML report are skipped")
 
 
+def _short_tmp() -> str:
+    """Chromium puts Unix sockets under $TMPDIR; with a long TMPDIR their paths pass the 108-byte limit and it
+    exits silently. Use a short directory for its profile and temporary files."""
+    for base in ("/tmp", "/var/tmp", None):
+        if base is None or (os.path.isdir(base) and os.access(base, os.W_OK)):
+            return tempfile.mkdtemp(prefix="gc-", dir=base)
+    raise AssertionError("unreachable")
+
+
 def _run(chromium: str, args: list[str], url: str, timeout: int = 90) -> str:
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-           "--disable-extensions", *args, url]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    return r.stdout
+    short = _short_tmp()
+    try:
+        cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+               "--disable-extensions", f"--user-data-dir={short}", *args, url]
+        env = dict(os.environ, TMPDIR=short)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        return r.stdout
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
 
 
 # Loads the report in an iframe of the given width (a headless window cannot be narrower than ~500 px), then

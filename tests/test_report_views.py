@@ -170,3 +170,53 @@ def test_choices_live_in_one_place():
         src = path.read_text(encoding="utf-8")
         for needle in lists:
             assert needle not in src, f"{path.relative_to(ROOT)} keeps its own copy of {needle!r}"
+
+
+@pytest.mark.parametrize("command", [["--help"], ["check", "--help"], ["explain", "--help"], ["rules", "--help"]])
+@pytest.mark.parametrize("columns", ["80", "60"])
+def test_help_is_clean_at_the_terminal_width(command, columns):
+    from typer.testing import CliRunner
+
+    from gradcheck_cli.choices import DEVICES, FAIL_ON, FORMATS
+    from gradcheck_cli.cli import app
+
+    r = CliRunner().invoke(app, command, env={"COLUMNS": columns})
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert all(line == line.rstrip() for line in lines)
+    assert all(len(line) <= 80 for line in lines)                     # Click's plain help, at most 80 wide
+    assert not re.search(r"<(bool|str|int|float|path)\b", r.output)   # no type placeholders
+    assert "╭" not in r.output and "│" not in r.output
+    if command[0] == "check":
+        for choices in (FORMATS, DEVICES, FAIL_ON):                   # each choice list whole on one line
+            assert any("|".join(choices) in line for line in lines), choices
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--steps", "abc"], "error: --steps: expected a whole number, got 'abc'"),
+    (["--steps", "0"], "error: --steps: must be at least 1, got '0'"),
+    (["--timeout=x"], "error: --timeout: expected a number, got 'x'"),
+    (["-f", "yaml"], "error: --format: 'yaml' is not one of text, json, sarif, junit, markdown, html"),
+    (["--device", "tpu"], "error: --device: 'tpu' is not one of auto, cpu, cuda"),
+])
+def test_option_errors_in_plain_words(args, expected):
+    from typer.testing import CliRunner
+
+    from gradcheck_cli.cli import app
+
+    r = CliRunner().invoke(app, ["check", "m.py:build", *args])
+    assert r.exit_code == 2
+    [line] = r.stderr.splitlines()
+    assert line.startswith(expected), line
+    assert "Input should" not in line and "Value error" not in line
+
+
+@pytest.mark.parametrize("name", ["gpt2", "rnn", "tanh"])
+def test_no_markdown_backticks_in_json(name):
+    import json
+
+    out = io.StringIO()
+    render(report_of(name), "json", out)
+    doc = json.loads(out.getvalue())
+    assert doc["findings"] or name == "gpt2"
+    assert "`" not in json.dumps(doc, ensure_ascii=False)
