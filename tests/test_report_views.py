@@ -220,3 +220,37 @@ def test_no_markdown_backticks_in_json(name):
     doc = json.loads(out.getvalue())
     assert doc["findings"] or name == "gpt2"
     assert "`" not in json.dumps(doc, ensure_ascii=False)
+
+
+def test_html_block_table_aggregates_each_block():
+    from test_html_report import parse
+
+    view = build_view(report_of("gpt2"))
+    c = parse(html_of("gpt2"))
+    [table] = c.root.find_all("table", "block-table")
+    rows = table.find_all("tbody")[0].find_all("tr")
+    assert [r.find_all("td")[0].text() for r in rows] == [b.name for b in view.blocks]
+    first = view.layers[view.blocks[0].first:view.blocks[0].last + 1]
+    expected = sum(lv.grad_norm ** 2 for lv in first if lv.has_weights) ** 0.5
+    assert rows[0].find_all("td")[1].text() == str(len(first))
+    assert float(rows[0].find_all("td")[2].text()) == pytest.approx(expected, rel=5e-3)
+    assert not parse(html_of("mlp100")).root.find_all("table", "block-table")
+
+
+def test_html_series_per_layer_kind_and_time_chart():
+    from test_html_report import parse
+
+    c = parse(html_of("gpt2"))
+    [svg] = c.root.find_all("svg")
+    kinds = {p.attrs["class"] for p in svg.find_all("polyline") if p.attrs.get("class", "").startswith("kind-")}
+    assert kinds == {"kind-linear", "kind-norm", "kind-embedding"}
+    legend = svg.find_all("g", "legend")[0].text()
+    assert "|∇W| Norm" in legend and "|∇W| Linear/Conv" in legend
+    rnn = parse(html_of("rnn"))
+    [chart] = rnn.root.find_all("svg", "time-chart")
+    points = len(chart.find_all("circle"))
+    assert points == len(report_of("rnn").layers[0]["time_grad_profile"])
+    assert "Gradient through time" in rnn.root.find_all("body")[0].text()
+    # a single-kind model keeps one |∇W| line
+    [svg] = parse(html_of("mlp100")).root.find_all("svg")
+    assert not [p for p in svg.find_all("polyline") if p.attrs.get("class", "").startswith("kind-")]

@@ -424,6 +424,23 @@ def time_chart(lv: LayerView) -> str:
     return "\n".join(p)
 
 
+def _blocks(view: ReportView) -> str:
+    """Per repeated block (`transformer.h.3`, `layer2.1`): its layers, the norm of all its weight gradients
+    together, and the range of |∂L/∂y| inside it. Comparing blocks avoids the norm-vs-linear zig-zag."""
+    rows = []
+    for b in view.blocks:
+        members = view.layers[b.first:b.last + 1]
+        og = [m.output_grad_norm for m in members if _positive(m.output_grad_norm)]
+        span = f"{fmt(min(og))} – {fmt(max(og))}" if og else "-"
+        rows.append(f'<tr class="{"flagged" if b.codes else "block"}"><td><code>{_e(b.name)}</code></td>'
+                    f'<td class="num">{len(members)}</td><td class="num">{_e(fmt(b.grad_norm))}</td>'
+                    f'<td class="num">{_e(span)}</td><td>{_e(", ".join(b.codes))}</td></tr>')
+    return (f'<details class="blocks" open><summary>Blocks ({len(view.blocks)})</summary><div class="table-box">'
+            '<table class="block-table"><thead><tr><th>block</th><th>layers</th><th>|∇W| (all its weights)</th>'
+            f'<th>|∂L/∂y| range</th><th>findings</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+            '</details>')
+
+
 def _trainable(m: dict[str, Any]) -> str:
     same = m.get("trainable_parameters") == m.get("parameters")
     return "all trainable" if same else f"{fmt(m.get('trainable_parameters'))} trainable"
@@ -487,6 +504,8 @@ def render_report(report: Report, view: ReportView, idx: int, counter: list[int]
         f'<td class="num">{_e(fmt(lv.grad_norm))}</td>'
         f'<td class="num">{_e(fmt(lv.output_grad_norm))}</td>'
         f'<td>{_e(_layer_notes(lv))}</td></tr>' for lv in view.layers)
+    if view.blocks:
+        p.append(_blocks(view))
     p.append(f'<details class="layers"><summary>Layers ({len(view.layers)})</summary><div class="table-box">'
              '<table class="layer-table">'
              '<thead><tr><th>#</th><th>layer</th><th>type</th><th>|∇W|</th><th>|∂L/∂y|</th><th>notes</th></tr>'
