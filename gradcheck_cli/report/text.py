@@ -118,7 +118,7 @@ def _notes(lv: LayerView) -> str:
     return " ".join(n.text for n in lv.notes)
 
 
-def layer_table(report: Report, view: ReportView, max_rows: int, width: int | None) -> list[Text]:
+def layer_table(view: ReportView, max_rows: int, width: int | None) -> list[Text]:
     rows = _select(view, max_rows)
     shown = [r.layer for r in rows if r.layer is not None]
     scale = bar_scale([lv.output_grad_norm for lv in view.layers])
@@ -344,7 +344,7 @@ def report_lines(report: Report, view: ReportView, console: Console, max_rows: i
                     f"analysis {t.get('analysis_s', 0):.2f})", width)
     lines.append(Text())
     if view.layers:
-        lines += layer_table(report, view, max_rows, width)
+        lines += layer_table(view, max_rows, width)
         legend = ("|∇W|: weight-gradient norm; |∂L/∂y|: gradient w.r.t. the layer's output; flow: |∂L/∂y| on a "
                   "log scale")
         if view.flagged:
