@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from html import escape
+from gradcheck_cli.report.escape import html_text
 from typing import Any, TextIO
 
 from gradcheck_cli import __version__
@@ -65,7 +65,7 @@ tr.flagged td{color:var(--red)}details summary{cursor:pointer;font-weight:600;ma
 
 
 def _e(x: Any) -> str:
-    return escape(str(x), quote=True)
+    return html_text(x)
 
 
 def _prose(text: Any) -> str:

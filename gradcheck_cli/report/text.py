@@ -18,6 +18,7 @@ from gradcheck_cli import __version__
 from gradcheck_cli.findings import ModelError, Report, Severity, Suite
 from gradcheck_cli.numbers import count_phrase
 from gradcheck_cli.numbers import fmt as _fmt
+from gradcheck_cli.report.escape import terminal as _t
 
 BAR_WIDTH = 14
 _PARTIAL = " ▏▎▍▌▋▊▉"
@@ -112,7 +113,7 @@ def layer_table(report: Report, max_rows: int) -> Table:
             continue
         style = "red" if layer["name"] in flagged else None
         table.add_row(
-            str(layer["index"]), Text(layer["name"] or "(model)", style=style or ""), layer["type"],
+            str(layer["index"]), Text(_t(layer["name"] or "(model)"), style=style or ""), Text(_t(layer["type"])),
             fmt(layer.get("grad_norm")), fmt(layer.get("output_grad_norm")),
             bar(layer.get("output_grad_norm"), scale), _notes(layer, flagged),
         )
@@ -156,7 +157,7 @@ def render(suite: Suite, out: TextIO, *, color: bool | None = None, width: int |
         render_error(e, console)
     if suite.baseline is not None:
         b = suite.baseline
-        line = Text(f"baseline {b['path']}: {b['suppressed']} finding{'s' if b['suppressed'] != 1 else ''} "
+        line = Text(f"baseline {_t(b['path'])}: {b['suppressed']} finding{'s' if b['suppressed'] != 1 else ''} "
                     "suppressed (present in the baseline, not worse)", style="dim")
         if b["resolved"]:
             n = len(b["resolved"])
@@ -180,13 +181,13 @@ def render_error(e: ModelError, console: Console) -> None:
     err = e.error
     head = Text()
     head.append(f"gradcheck {__version__}", style="bold")
-    head.append(f"  {e.spec}")
+    head.append(f"  {_t(e.spec)}")
     console.print(head)
-    where = f" in {err['where']}" if err.get("where") else ""
-    hint = f" ({err['hint']})" if err.get("hint") else ""
+    where = f" in {_t(err['where'])}" if err.get("where") else ""
+    hint = f" ({_t(err['hint'])})" if err.get("hint") else ""
     line = Text()
     line.append("✗ ERROR", style="bold red")
-    line.append(f"  {err['type']} error during {err['phase']}{where}: {err['message']}{hint} → exit {err['exit_code']}")
+    line.append(f"  {err['type']} error during {err['phase']}{where}: {_t(err['message'])}{hint} → exit {err['exit_code']}")
     console.print(line)
 
 
@@ -194,14 +195,14 @@ def render_report(report: Report, console: Console, max_rows: int = 40) -> None:
     m, s, t = report.model, report.settings, report.timings
     head = Text()
     head.append(f"gradcheck {report.tool_version}", style="bold")
-    head.append(f"  {m['spec']}\n")
+    head.append(f"  {_t(m['spec'])}\n")
     head.append("model  ", style="dim")
-    head.append(f"{m['class']}, {fmt(m['parameters'])} parameters ({fmt(m['trainable_parameters'])} trainable), "
+    head.append(f"{_t(m['class'])}, {fmt(m['parameters'])} parameters ({fmt(m['trainable_parameters'])} trainable), "
                 f"{m['layers_measured']} layers measured\n")
     head.append("batch  ", style="dim")
-    head.append(f"{s['batch']}\n")
+    head.append(f"{_t(s['batch'])}\n")
     head.append("loss   ", style="dim")
-    head.append(f"{s['loss']}\n")
+    head.append(f"{_t(s['loss'])}\n")
     head.append("run    ", style="dim")
     head.append(f"{s['steps']} steps, seed {s['seed']}, {s['device']}; "
                 f"{t.get('total_s', 0):.2f} s (load {t.get('load_s', 0):.2f}, passes {t.get('passes_s', 0):.2f}, "
@@ -214,7 +215,7 @@ def render_report(report: Report, console: Console, max_rows: int = 40) -> None:
                            "flow: |∂L/∂y| on a log scale.", style="dim"))
         console.print()
     for note in report.notes:
-        console.print(Text(f"note: {note}", style="yellow"))
+        console.print(Text(f"note: {_t(note)}", style="yellow"))
     findings = report.active_findings()
     if findings:
         console.print(Text("Findings", style="bold underline"))
@@ -223,18 +224,18 @@ def render_report(report: Report, console: Console, max_rows: int = 40) -> None:
         line.append(f"{f.severity.value.upper():7}", style=_SEV_STYLE[f.severity])
         line.append(f" {f.code} {f.rule}", style="bold")
         if f.layer is not None:
-            line.append(f" at {f.layer or '(model)'}")
+            line.append(f" at {_t(f.layer or '(model)')}")
         if f.location:
-            line.append(f" ({f.location['file']}:{f.location['line']})", style="dim")
+            line.append(f" ({_t(f.location['file'])}:{f.location['line']})", style="dim")
         console.print(line)
         grid = Table.grid(padding=(0, 1), pad_edge=False)
         grid.add_column(no_wrap=True, style="dim", min_width=8)
         grid.add_column(overflow="fold")
-        grid.add_row("", Text(f.message))
+        grid.add_row("", Text(_t(f.message)))
         if f.evidence:
-            grid.add_row("evidence", Text(_evidence_line(f.evidence), style="dim"))
+            grid.add_row("evidence", Text(_t(_evidence_line(f.evidence)), style="dim"))
         for i, fix in enumerate(f.fixes, 1):
-            grid.add_row(f"fix {i}", Text(fix, style="green"))
+            grid.add_row(f"fix {i}", Text(_t(fix), style="green"))
         console.print(Padding(grid, (0, 0, 0, 2)))
         console.print()
     suppressed = report.suppressed_findings()
@@ -243,8 +244,8 @@ def render_report(report: Report, console: Console, max_rows: int = 40) -> None:
         for f in suppressed:
             line = Text()
             line.append(f"{f.severity.value.upper():7}", style="dim")
-            line.append(f" {f.code} {f.rule}" + (f" at {f.layer or '(model)'}" if f.layer is not None else ""))
-            line.append(f": {f.suppressed['by']}, {f.suppressed['reason']}", style="dim")
+            line.append(f" {f.code} {f.rule}" + (f" at {_t(f.layer or '(model)')}" if f.layer is not None else ""))
+            line.append(f": {f.suppressed['by']}, {_t(f.suppressed['reason'])}", style="dim")
             console.print(line)
         console.print()
     summary = count_phrase(report.counts(), len(suppressed))
