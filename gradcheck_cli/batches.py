@@ -211,8 +211,9 @@ def infer_input_shape(model: nn.Module) -> tuple[int, ...]:
 
 
 def load_batch_file(path: Path) -> Batch:
-    if not path.exists():
-        raise InputError(f"batch file not found: {path}", hint="check the --batch path")
+    from gradcheck_cli.paths import input_file
+
+    input_file(path, "batch", flag="--batch")
     suffix = path.suffix.lower()
     where = str(path)
     if suffix in (".pt", ".pth"):

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -103,6 +104,15 @@ def _fail(exc: GradcheckError, verbose: bool) -> None:
     raise typer.Exit(exc.exit_code)
 
 
+def _finite(value: Optional[float]) -> Optional[float]:
+    """NaN passes Click's range check (every comparison with it is false): refuse it here."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a number of seconds; the valid range is 0.001 to 1000000")
+    return value
+
+
 @app.command(epilog=EXIT_CODES_HELP)
 def check(
     model: Annotated[Optional[str], typer.Argument(
@@ -118,7 +128,7 @@ def check(
     input_shape: Annotated[Optional[str], typer.Option(
         "--input-shape", help="Synthetic input shape, batch first, e.g. 8,3,32,32 (inferred from the first "
                               "layer when omitted).")] = None,
-    steps: Annotated[Optional[int], typer.Option(min=1, help="Forward/backward passes to aggregate \\[default: 3].")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, max=10_000, help="Forward/backward passes to aggregate \\[default: 3].")] = None,
     format: Annotated[Optional[OutputFormat], typer.Option(
         "--format", "-f", help="Report format on the screen, and for --output paths given without FORMAT: "
                                "\\[default: text].")] = None,
@@ -137,12 +147,12 @@ def check(
     write_baseline: Annotated[Optional[Path], typer.Option(
         "--write-baseline", help="Record this run's findings as the new baseline (they are then suppressed "
                                  "in this run too).")] = None,
-    seed: Annotated[Optional[int], typer.Option(min=0, help="Seed for synthetic batches and dropout \\[default: 0].")] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0, max=2**32 - 1, help="Seed for synthetic batches and dropout \\[default: 0].")] = None,
     device: Annotated[Optional[Device], typer.Option(help="Where to run the passes \\[default: auto].")] = None,
     max_rows: Annotated[Optional[int], typer.Option(
         "--max-rows", min=0, help="Layer-table rows in the text report (0 = all) \\[default: 40].")] = None,
     timeout: Annotated[Optional[float], typer.Option(
-        min=0.001, help="Stop with exit 3, naming the phase, when the run takes longer than this many seconds "
+        min=0.001, max=1_000_000, callback=_finite, help="Stop with exit 3, naming the phase, when the run takes longer than this many seconds "
                         "(a forward pass that never returns); for CI \\[default: off].")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")] = False,
 ) -> None:
@@ -157,8 +167,13 @@ def check(
     # Where reports go, known as early as possible so that a failed run still leaves them behind.
     target: dict = {"outputs": [], "started": False, "fail_on": FailOn.WARNING}
     fmt = format.value if format else None
+    given_inputs = [("model file", _spec_file(model)), ("batch file", _spec_file(batch, file_ok=True)),
+                    ("loss file", _spec_file(loss)), ("config", config or cfg.DEFAULT_CONFIG_NAME),
+                    ("baseline", baseline)]
     try:
-        target["outputs"] = _parse_outputs(output or [], fmt)
+        first = _parse_outputs(output or [], fmt)
+        _guard_outputs(first, write_baseline, given_inputs)
+        target["outputs"] = _resolved(first)
         shape = parse_shape(input_shape) if input_shape is not None else None
         settings = cfg.resolve({
             "model": model, "batch": batch, "loss": loss, "input_shape": shape, "steps": steps,
@@ -166,13 +181,23 @@ def check(
             "fail_on": fail_on, "seed": seed, "device": device.value if device else None, "max_rows": max_rows,
             "timeout": timeout, "baseline": str(baseline) if baseline else None,
         }, config)
-        target.update(outputs=_parse_outputs(settings.outputs, fmt if fmt else (
-            settings.format if settings.format != "text" else None)), fail_on=settings.fail_on)
-        for _, path in target["outputs"]:
+        outputs = _parse_outputs(settings.outputs, fmt if fmt else (
+            settings.format if settings.format != "text" else None))
+        runs = cfg.expand_models(settings, model_given=model is not None)
+        # Every file this run reads; no report may overwrite one of them.
+        inputs = given_inputs + [("config", settings.config_path), ("baseline", settings.baseline)]
+        for s in runs:
+            inputs += [("model file", _spec_file(s.model)), ("batch file", _spec_file(s.batch, file_ok=True)),
+                       ("loss file", _spec_file(s.loss))]
+        target["outputs"] = []   # an output refused below must not receive the error report either
+        _guard_outputs(outputs, write_baseline, inputs)
+        for _, path in outputs:
             _check_output_path(path)
         if write_baseline is not None:
             _check_output_path(write_baseline, "--write-baseline")
-        runs = cfg.expand_models(settings, model_given=model is not None)
+            write_baseline = Path(os.path.abspath(write_baseline))
+        # Absolute now: a model whose code calls os.chdir does not move the reports.
+        target.update(outputs=_resolved(outputs), fail_on=settings.fail_on)
         entries = None
         if settings.baseline:
             from gradcheck_cli.baseline import read_baseline
@@ -236,6 +261,61 @@ def _check_one(s, suite, target: dict, verbose: bool, single: bool) -> None:
     suite.errors.append(ModelError(s.model, info))
 
 
+def _spec_file(spec: str | None, file_ok: bool = False) -> str | None:
+    """The file a model/batch/loss spec reads ('net.py:build' -> 'net.py'; a batch may be a file itself)."""
+    if not spec or not isinstance(spec, str):
+        return None
+    target, sep, _ = spec.rpartition(":")
+    if sep and target and (target.endswith(".py") or "/" in target or "\\" in target):
+        return target
+    return spec if file_ok and not sep else None
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    try:
+        if os.path.realpath(a) == os.path.realpath(b):
+            return True
+        return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)   # hard links
+    except (OSError, ValueError):
+        return False
+
+
+def _guard_outputs(outputs: list[tuple[str, Path]], write_baseline: Path | None,
+                   inputs: list[tuple[str, str | Path | None]]) -> None:
+    """Refuse an output that would overwrite a file this run reads, and two outputs to one path."""
+    from gradcheck_cli.paths import shown
+
+    named = [(f"--output {shown(p)}", p) for _, p in outputs]
+    if write_baseline is not None:
+        named.append((f"--write-baseline {shown(write_baseline)}", write_baseline))
+    for i, (flag, path) in enumerate(named):
+        if str(path) == STDOUT:
+            if any(str(q) == STDOUT for _, q in named[:i]):
+                raise InputError(f"{flag}: stdout is already the destination of another --output",
+                                 hint="give one of them a file path")
+            if flag.startswith("--write-baseline"):
+                raise InputError("--write-baseline -: the baseline must be a file", hint="give a file path")
+            continue
+        for what, src in inputs:
+            if src is None or (what == "baseline" and flag.startswith("--write-baseline")):
+                continue   # --baseline b.json --write-baseline b.json updates the baseline: allowed
+            if _same_file(path, src):
+                raise InputError(f"{flag} would overwrite the {what} {shown(src)}, which this run reads",
+                                 hint="choose another output path")
+        for other_flag, other in named[:i]:
+            if str(other) != STDOUT and _same_file(path, other):
+                raise InputError(f"{flag} and {other_flag} are the same file; one would overwrite the other",
+                                 hint="give each output its own path")
+
+
+def _resolved(outputs: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
+    return [(f, p if str(p) == STDOUT else Path(os.path.abspath(p))) for f, p in outputs]
+
+
+# `--output -` (or FORMAT:-) writes that report to stdout instead of a file.
+STDOUT = "-"
+
+
 def _parse_outputs(values: list[str], default_format: str | None) -> list[tuple[str, Path]]:
     from gradcheck_cli.report import parse_output
 
@@ -268,6 +348,14 @@ def _write_error(target: dict, model: str | None, error: dict) -> None:
 
     for fmt, path in target["outputs"]:
         try:
+            if str(path) == STDOUT:
+                from gradcheck_cli.findings import ModelError, Suite
+                from gradcheck_cli.report import render
+
+                render(Suite(reports=[], errors=[ModelError(model, error)], fail_on=target["fail_on"]), fmt,
+                       sys.stdout, color=False)
+                sys.stdout.flush()
+                continue
             _check_output_path(path)
             write_error_file(error, model, fmt, path, fail_on=target["fail_on"])
         except (GradcheckError, OSError):
@@ -276,34 +364,50 @@ def _write_error(target: dict, model: str | None, error: dict) -> None:
 
 def _check_output_path(output: Path | str | None, flag: str = "--output") -> None:
     """Fail before the passes, not after them, when a file could not be written."""
-    if not output:
+    if not output or str(output) == STDOUT:
         return
+    from gradcheck_cli.paths import shown
+
     path = Path(output)
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"cannot write {path}: directory {parent} does not exist",
-                         hint=f"create it first or choose another {flag}")
-    if path.is_dir():
-        raise InputError(f"cannot write {path}: it is a directory", hint=f"give a file path to {flag}")
-    import os
-
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise InputError(f"cannot write {path}: permission denied", hint=f"choose another {flag}")
+    try:
+        if not parent.is_dir():
+            raise InputError(f"cannot write {shown(path)}: directory {shown(parent)} does not exist",
+                             hint=f"create it first or choose another {flag}")
+        if path.is_dir():
+            raise InputError(f"cannot write {shown(path)}: it is a directory", hint=f"give a file path to {flag}")
+        if path.exists() and not path.is_file():
+            raise InputError(f"cannot write {shown(path)}: it is not a regular file (a FIFO or a device)",
+                             hint=f"give a file path to {flag}")
+        if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise InputError(f"cannot write {shown(path)}: permission denied", hint=f"choose another {flag}")
+    except OSError as exc:   # a name too long for the file system, a symbolic-link loop
+        raise InputError(f"cannot write {shown(path)}: {exc.strerror or exc}", hint=f"choose another {flag}") from None
 
 
 def _emit(suite, settings, outputs: list[tuple[str, Path]]) -> None:
-    import os
-
     from gradcheck_cli import report as renderers
 
+    to_stdout = None
     for fmt, path in outputs:
+        if str(path) == STDOUT:
+            to_stdout = fmt
+            continue
         try:
             renderers.write_file(suite, fmt, path, max_rows=settings.max_rows)
         except OSError as exc:
             raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    screen = "text" if outputs else settings.format
+    screen = to_stdout or ("text" if outputs else settings.format)
+    github = os.environ.get("GITHUB_ACTIONS") == "true"
+    # In a GitHub Actions log, a line of the report that starts with `::` (a layer named so) would be run
+    # as a workflow command: stop command processing around the human-readable report.
+    fence = f"gradcheck-{os.urandom(8).hex()}" if github and screen in ("text", "markdown") else None
+    if fence:
+        sys.stdout.write(f"::stop-commands::{fence}\n")
     renderers.render(suite, screen, sys.stdout, max_rows=settings.max_rows)
-    if os.environ.get("GITHUB_ACTIONS") == "true":
+    if fence:
+        sys.stdout.write(f"::{fence}::\n")
+    if github:
         from gradcheck_cli.report.github import annotations
 
         # Workflow commands are read from stdout and stderr; keep machine formats on stdout clean.

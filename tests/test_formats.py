@@ -369,6 +369,9 @@ def test_github_actions_annotations_end_to_end(monkeypatch):
     r = runner.invoke(app, ["check", "examples/dead_relu.py:build"])
     assert r.exit_code == 1
     lines = [x for x in r.output.splitlines() if x.startswith("::")]
+    # the human-readable report is fenced off (::stop-commands::TOKEN ... ::TOKEN::), then the annotations
+    assert lines[0].startswith("::stop-commands::") and lines[1] == f"::{lines[0].split('::')[2]}::"
+    lines = lines[2:]
     assert len(lines) == 2 and lines[0].startswith("::warning file=examples/dead_relu.py,line=8,")
     assert lines[1].startswith("::notice ")   # the info finding (exactly-zero gradients behind the dead units)
     monkeypatch.setenv("GITHUB_ACTIONS", "false")
