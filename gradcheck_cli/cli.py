@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager, redirect_stdout
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import typer
 from rich.console import Console
@@ -164,6 +165,11 @@ def check(
     from gradcheck_cli.batches_shape import parse_shape
     from gradcheck_cli.findings import Suite
 
+    try:   # before torch: torch imports numpy inside a block that loses a Ctrl-C pressed meanwhile
+        import numpy  # noqa: F401
+    except ImportError:   # pragma: no cover - numpy ships with most torch installs
+        pass
+
     # Where reports go, known as early as possible so that a failed run still leaves them behind.
     target: dict = {"outputs": [], "started": False, "fail_on": FailOn.WARNING}
     fmt = format.value if format else None
@@ -230,11 +236,16 @@ def _check_one(s, suite, target: dict, verbose: bool, single: bool) -> None:
     from gradcheck_cli.findings import ModelError
     from gradcheck_cli.pipeline import run_check
 
+    from gradcheck_cli.deadline import SecondInterrupt
+
     target["started"] = True
     try:
-        suite.reports.append(run_check(s, on_hard_stop=lambda phase, msg: _write_error(
-            target, s.model, {"type": "user-code", "phase": phase, "message": msg.removeprefix("error: "),
-                              "where": None, "hint": None, "exit_code": 3})))
+        # What the model prints goes to stderr: stdout carries the report alone (a JSON/SARIF/JUnit
+        # document stays valid). A second Ctrl-C stops at once, also inside a native call.
+        with _stdout_to_stderr(), SecondInterrupt():
+            suite.reports.append(run_check(s, on_hard_stop=lambda phase, msg: _write_error(
+                target, s.model, {"type": "user-code", "phase": phase, "message": msg.removeprefix("error: "),
+                                  "where": None, "hint": None, "exit_code": 3})))
         return
     except GradcheckError as exc:
         info = _error_info(exc, True)
@@ -259,6 +270,28 @@ def _check_one(s, suite, target: dict, verbose: bool, single: bool) -> None:
             _write_error(target, s.model, info)
             raise typer.Exit(EXIT_INTERNAL)
     suite.errors.append(ModelError(s.model, info))
+
+
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """sys.stdout, and file descriptor 1 when it is the real stdout (prints from native code and child
+    processes), point to stderr while the user's code runs."""
+    sys.stdout.flush()
+    saved = None
+    try:
+        if sys.stdout.fileno() == 1:
+            saved = os.dup(1)
+            os.dup2(sys.stderr.fileno(), 1)
+    except (AttributeError, OSError, ValueError):   # not a real file (a test runner's buffer)
+        saved = None
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _spec_file(spec: str | None, file_ok: bool = False) -> str | None:
@@ -479,7 +512,28 @@ def _unwrap(body: str) -> str:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        _exit_despite_threads(exc.code)
+        raise
+
+
+def _exit_despite_threads(code: object) -> None:
+    """The verdict is final: a non-daemon thread the model started must not keep the process alive (or
+    change the exit code when it ends). Exit at once, after flushing, when one is still running."""
+    import threading
+
+    others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon
+              and t.is_alive()]
+    if not others:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import gc
 import itertools
 import math
 import os
+import re
 import sys
 import traceback
 from contextlib import contextmanager, nullcontext
@@ -723,7 +724,12 @@ def instrument(model: nn.Module, device: torch.device | None = None) -> Iterator
                 except RuntimeError as exc:   # e.g. CUDA out of memory while copying the weights
                     raise InputError(f"cannot move the model to {device}: {exc_line(exc, 160)}",
                                      hint="use --device cpu, or a smaller model") from None
-            model.train()
+            try:
+                model.train()
+            except (Exception, SystemExit) as exc:   # a train() override of the user's
+                raise UserCodeError(exc_line(exc), phase="build", where=f"{type(model).__name__}.train()",
+                                    hint="gradcheck puts the model in training mode with model.train(); make "
+                                         "that call work") from exc
             inst = Instrumentation(model)
             inst.attach()
             yield inst
@@ -797,21 +803,21 @@ def _run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, see
                     output = model(*batch.args, **batch.kwargs)
             except (InputError, UserCodeError):
                 raise
-            except Exception as exc:   # the user's forward raised
+            except (Exception, SystemExit) as exc:   # the user's forward raised (or called sys.exit)
                 raise _user_error("forward", exc, inst, batch) from exc
             set_phase("loss")
             try:
                 loss, loss_description, note = losses.compute(loss_fn, output, batch, step, seed)
             except (InputError, UserCodeError):
                 raise
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 raise _user_error("loss", exc, inst, batch) from exc
             if note and note not in notes:
                 notes.append(note)
             set_phase("backward")
             try:
                 grads = torch.autograd.grad(loss, list(inst.params) + list(inst.extra_inputs), allow_unused=True)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 raise _user_error("backward", exc, inst, batch) from exc
             present = [i for i, g in enumerate(grads[:len(inst.params)]) if g is not None]
             if present and inst.diagnose:   # exact: which parameters' gradients hold NaN/Inf
@@ -941,7 +947,8 @@ def _user_error(phase: str, exc: BaseException, inst: Instrumentation, batch: An
         msg = str(exc)
         hint = (f"the {phase} pass is still running after {exc.seconds:g} s: look for a loop that never ends "
                 "in that code, or raise --timeout")
-    elif isinstance(exc, oom_types) or "out of memory" in str(exc).lower():
+    elif isinstance(exc, oom_types) or re.search(r"out of memory|can't allocate memory|not enough memory",
+                                                 exc_line(exc, 1000), re.I):
         msg = f"out of memory ({type(exc).__name__})"
         hint = "use a smaller batch (--input-shape with a smaller first dimension, or a smaller --batch)"
     elif phase == "forward" and isinstance(exc, RuntimeError) and ("shape" in str(exc) or "size" in str(exc)):
