@@ -45,7 +45,7 @@ class _Group(TyperGroup):
                 typer.echo(exc.ctx.get_help() if exc.ctx else "")
                 sys.exit(EXIT_USAGE)
             cmd = exc.ctx.command_path if exc.ctx else "gradcheck"
-            err.print(f"error: {exc.format_message()} (see '{cmd} --help')", markup=False)
+            _say(f"error: {exc.format_message()} (see '{cmd} --help')", markup=False)
             sys.exit(EXIT_USAGE)
         except typer.Abort:
             err.print("error: aborted")
@@ -95,13 +95,20 @@ def _root(
     pass
 
 
+def _say(line: str, markup: bool = False) -> None:
+    """One line on stderr; user text in it (paths, exception messages) made printable first."""
+    from gradcheck_cli.report.escape import terminal
+
+    err.print(terminal(line), markup=False)
+
+
 def _fail(exc: GradcheckError, verbose: bool) -> None:
     if verbose and exc.__cause__ is not None:
         import traceback
 
         err.print("".join(traceback.format_exception(type(exc.__cause__), exc.__cause__,
                                                      exc.__cause__.__traceback__)), markup=False)
-    err.print(f"error: {exc.one_line()}", markup=False)
+    _say(f"error: {exc.one_line()}", markup=False)
     raise typer.Exit(exc.exit_code)
 
 
@@ -252,7 +259,7 @@ def _check_one(s, suite, target: dict, verbose: bool, single: bool) -> None:
         if single:
             _write_error(target, s.model, info)
             _fail(exc, verbose)
-        err.print(f"error: {s.model}: {exc.one_line()}", markup=False)
+        _say(f"error: {s.model}: {exc.one_line()}", markup=False)
     except typer.Exit:
         raise
     except KeyboardInterrupt:
@@ -264,7 +271,7 @@ def _check_one(s, suite, target: dict, verbose: bool, single: bool) -> None:
         if verbose:
             _write_error(target, s.model, info)
             raise
-        err.print(f"error: {s.model + ': ' if not single else ''}internal error in gradcheck: {exc_line(exc)} "
+        _say(f"error: {s.model + ': ' if not single else ''}internal error in gradcheck: {exc_line(exc)} "
                   "(re-run with --verbose and report it)", markup=False)
         if single:
             _write_error(target, s.model, info)
@@ -481,7 +488,7 @@ def explain(rule: Annotated[str, typer.Argument(help="Rule id (e.g. vanishing-gr
         ids = [x.id for x in RULES]
         close = difflib.get_close_matches(rule, ids, n=1)
         hint = f"did you mean {close[0]}?" if close else f"known rules: {', '.join(ids)}"
-        err.print(f"error: unknown rule {rule!r} ({hint})", markup=False)
+        _say(f"error: unknown rule {rule!r} ({hint})", markup=False)
         raise typer.Exit(EXIT_USAGE)
     out = Console(highlight=False)
     out.print(Text(f"{r.code} {r.id}", style="bold"), Text(f"(default severity: {r.severity.value})"))

@@ -62,7 +62,7 @@ def import_file(path_text: str, what: str = "model") -> ModuleType:
     key = str(path.resolve())
     if key in _FILE_MODULES:
         return _FILE_MODULES[key]
-    mod_name = "_gradcheck_user_" + hashlib.sha1(key.encode()).hexdigest()[:12]
+    mod_name = "_gradcheck_user_" + hashlib.sha1(os.fsencode(key)).hexdigest()[:12]
     spec = importlib.util.spec_from_file_location(mod_name, path)
     if spec is None or spec.loader is None:  # pragma: no cover - defensive
         raise InputError(f"cannot import {path_text}")
