@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import copy
 import io
+import os
+import re
+import subprocess
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -528,6 +531,38 @@ def test_example_workflow_uses_real_flags_and_a_valid_config(monkeypatch):
     r = runner.invoke(app, ["check", "--config", "examples/ci/gradcheck.yaml", "-f", "markdown"])
     assert r.exit_code == 0, r.output        # the three healthy examples pass
     assert r.output.startswith("## gradcheck ✅ PASS") and "3 models" in r.output
+
+
+@pytest.mark.slow
+def test_example_workflow_runs_as_written_in_a_new_repository(tmp_path):
+    """A repository that adopts the workflow has no baseline yet, and gradcheck is not on PyPI: the install
+    step installs from the repository, and the check step (run here with bash, as Actions runs it) passes
+    without a baseline and writes every report."""
+    import shutil
+
+    import yaml
+
+    from conftest import console_script
+
+    workflow = yaml.safe_load((EXAMPLES / "ci" / "gradcheck.yml").read_text())
+    steps = workflow["jobs"]["gradients"]["steps"]
+    install = next(s["run"] for s in steps if "pip install" in s.get("run", ""))
+    assert not re.search(r"pip install\s+gradcheck\b", install), "gradcheck is not on PyPI"
+    assert 'pip install "$GRADCHECK_SOURCE"' in install and workflow["env"]["GRADCHECK_SOURCE"] == "."
+    assert (ROOT / "pyproject.toml").exists()                    # "." is installable: this repository
+    assert not any(s.get("with", {}).get("cache") for s in steps)   # a pip cache needs a lock file
+    script = next(s["run"] for s in steps if "gradcheck check" in s.get("run", ""))
+    shutil.copytree(EXAMPLES, tmp_path / "examples")              # a fresh checkout: no baseline, no reports
+    summary = tmp_path / "summary.md"
+    env = {**os.environ, **workflow["env"], "GITHUB_STEP_SUMMARY": str(summary), "GITHUB_ACTIONS": "true",
+           "PATH": f"{console_script().parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    r = subprocess.run(["bash", "-eo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    for name in ("gradcheck.sarif", "gradcheck-junit.xml", "gradcheck.html"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert "PASS" in summary.read_text()
+    assert 'if [ -f gradcheck-baseline.json ]; then baseline=(--baseline gradcheck-baseline.json); fi' in script
 
 
 def test_help_shows_defaults_and_the_output_syntax():
