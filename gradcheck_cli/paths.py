@@ -19,12 +19,13 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_BASELINE_BYTES = 16 << 20
 
 
-def shown(path: object, limit: int = 120) -> str:
-    """A path as it can be printed: control characters and undecodable bytes as \\xNN, long names cut."""
+def shown(path: object, limit: int | None = None) -> str:
+    """A path as it can be printed: control characters and undecodable bytes as \\xNN; with `limit`, a
+    longer one is cut in the middle."""
     from gradcheck_cli.report.escape import terminal
 
     text = terminal(os.fspath(path) if isinstance(path, os.PathLike) else path)
-    return text if len(text) <= limit else text[:limit // 2] + "…" + text[-(limit // 2):]
+    return text if limit is None or len(text) <= limit else text[:limit // 2] + "…" + text[-(limit // 2):]
 
 
 def _kind(mode: int) -> str:
@@ -54,7 +55,7 @@ def input_file(path: Path | str, what: str, *, max_bytes: int | None = None, fla
                              hint="fix or remove the link") from None
         if exc.errno == errno.ENAMETOOLONG:
             raise InputError(f"{what} file name too long for the file system ({len(os.fspath(p))} characters): "
-                             f"{name}", hint="use a shorter path") from None
+                             f"{shown(p, 120)}", hint="use a shorter path") from None
         if exc.errno == errno.EACCES:
             raise InputError(f"cannot read {what} file {name}: permission denied") from None
         raise InputError(f"cannot read {what} file {name}: {exc.strerror or exc}{where}") from None
