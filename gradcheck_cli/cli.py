@@ -161,7 +161,8 @@ def check(
         "--max-rows", min=0, help="Layer-table rows in the text report (0 = all) \\[default: 40].")] = None,
     timeout: Annotated[Optional[float], typer.Option(
         min=0.001, max=1_000_000, callback=_finite, help="Stop with exit 3, naming the phase, when the run takes longer than this many seconds "
-                        "(a forward pass that never returns); for CI \\[default: off].")] = None,
+                        "(a forward pass that never returns), counted from after torch is imported; for CI "
+                        "\\[default: off].")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")] = False,
 ) -> None:
     """Run a few instrumented forward/backward passes on MODEL and report gradient problems.
