@@ -554,7 +554,10 @@ def test_example_workflow_runs_as_written_in_a_new_repository(tmp_path):
     script = next(s["run"] for s in steps if "gradcheck check" in s.get("run", ""))
     shutil.copytree(EXAMPLES, tmp_path / "examples")              # a fresh checkout: no baseline, no reports
     summary = tmp_path / "summary.md"
-    env = {**os.environ, **workflow["env"], "GITHUB_STEP_SUMMARY": str(summary), "GITHUB_ACTIONS": "true",
+    # The shipped config's three models run in the test above; one keeps this end-to-end run short.
+    (tmp_path / "one.yaml").write_text("models:\n  - model: examples/healthy_mlp.py:build\n")
+    env = {**os.environ, **workflow["env"], "GRADCHECK_CONFIG": "one.yaml",
+           "GITHUB_STEP_SUMMARY": str(summary), "GITHUB_ACTIONS": "true",
            "PATH": f"{console_script().parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     r = subprocess.run(["bash", "-eo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=600)
