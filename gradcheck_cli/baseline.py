@@ -136,12 +136,13 @@ def write_baseline(suite: Suite, path: Path) -> list[dict[str, Any]]:
 
 
 def read_baseline(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        raise InputError(f"baseline file not found: {path}",
-                         hint="create it with --write-baseline PATH, or check the path")
+    from gradcheck_cli.paths import MAX_BASELINE_BYTES, input_file, read_text
+
+    input_file(path, "baseline", max_bytes=MAX_BASELINE_BYTES,
+               not_found_hint="create it with --write-baseline PATH, or check the path")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = json.loads(read_text(path, "baseline", MAX_BASELINE_BYTES))
+    except (ValueError, RecursionError) as exc:
         raise InputError(f"cannot read baseline {path}: {exc}", hint="re-create it with --write-baseline") from None
     if not isinstance(doc, dict) or doc.get("kind") != BASELINE_KIND or not isinstance(doc.get("findings"), list):
         raise InputError(f"{path} is not a gradcheck baseline (expected kind: {BASELINE_KIND})",

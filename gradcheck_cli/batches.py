@@ -18,16 +18,30 @@ DEFAULT_BATCH = 8
 DEFAULT_SEQ = 32
 
 
-@dataclass
 class Batch:
-    args: tuple
-    kwargs: dict
-    target: Any = None
-    token_input: bool = False
+    """Positional and keyword inputs, an optional target. With `copy_inputs` (provided batches), every
+    read of `args`/`kwargs` is a fresh copy; `tensors()` reads the originals."""
+
+    def __init__(self, args: tuple, kwargs: dict, target: Any = None, token_input: bool = False,
+                 copy_inputs: bool = False) -> None:
+        self._args, self._kwargs, self.target = args, kwargs, target
+        self.token_input, self.copy_inputs = token_input, copy_inputs
+        first = next(self.tensors(), None)
+        if first is not None and first.numel() == 0:
+            raise InputError(f"the batch is empty: {self.describe_shapes()}",
+                             hint="give at least one example (a batch dimension of 1 or more)")
+
+    @property
+    def args(self) -> tuple:
+        return _clone(self._args) if self.copy_inputs else self._args
+
+    @property
+    def kwargs(self) -> dict:
+        return _clone(self._kwargs) if self.copy_inputs else self._kwargs
 
     def tensors(self) -> Iterator[torch.Tensor]:
-        yield from _tensors(self.args)
-        yield from _tensors(self.kwargs)
+        yield from _tensors(self._args)
+        yield from _tensors(self._kwargs)
 
     def describe_shapes(self) -> str:
         parts = [f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in self.tensors()]
@@ -43,6 +57,18 @@ def _tensors(obj: Any) -> Iterator[torch.Tensor]:
     elif isinstance(obj, dict):
         for o in obj.values():
             yield from _tensors(o)
+
+
+def _clone(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
+    if isinstance(obj, tuple):
+        return tuple(_clone(o) for o in obj)
+    if isinstance(obj, list):
+        return [_clone(o) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    return obj
 
 
 def _to(obj: Any, device: torch.device, float_dtype: torch.dtype | None) -> Any:
@@ -107,6 +133,14 @@ def _on_device(b: Batch, device: torch.device, float_dtype: torch.dtype | None) 
                  target=_to(b.target, device, None), token_input=b.token_input)
 
 
+def _fresh(b: Batch) -> Batch:
+    """A batch whose forward inputs are copied on each read: a model that modifies its input in place
+    (x.div_(...), x[mask] = ...) changes its own copy, never the user's batch, the next step's inputs or the
+    NaN/Inf check of the inputs (which reads the originals)."""
+    b.copy_inputs = True
+    return b
+
+
 def model_float_dtype(model: nn.Module) -> torch.dtype | None:
     for p in model.parameters():
         if p.is_floating_point():
@@ -123,7 +157,7 @@ class FixedBatches:
         self.float_dtype = float_dtype
 
     def get(self, step: int, device: torch.device) -> Batch:
-        return _on_device(self.batch, device, self.float_dtype)
+        return _fresh(_on_device(self.batch, device, self.float_dtype))
 
 
 class CallableBatches:
@@ -152,10 +186,10 @@ class CallableBatches:
                              hint="provide at least --steps batches, or lower --steps") from None
         except (InputError, UserCodeError):
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise UserCodeError(exc_line(exc), phase="batch", where=self.spec,
                                 original=exc) from exc
-        return _on_device(to_batch(raw, self.spec), device, self.float_dtype)
+        return _fresh(_on_device(to_batch(raw, self.spec), device, self.float_dtype))
 
 
 @dataclass
@@ -175,11 +209,16 @@ class SyntheticBatches:
 
     def get(self, step: int, device: torch.device) -> Batch:
         g = torch.Generator().manual_seed(self.seed * 7919 + step)
-        if self.vocab:
-            x = torch.randint(0, self.vocab, self.shape, generator=g)
-            return Batch(args=(x.to(device),), kwargs={}, token_input=True)
-        x = torch.randn(self.shape, generator=g, dtype=self.float_dtype or torch.float32)
-        return Batch(args=(x.to(device),), kwargs={})
+        try:
+            if self.vocab:
+                x = torch.randint(0, self.vocab, self.shape, generator=g)
+                return Batch(args=(x.to(device),), kwargs={}, token_input=True)
+            x = torch.randn(self.shape, generator=g, dtype=self.float_dtype or torch.float32)
+            return Batch(args=(x.to(device),), kwargs={})
+        except (RuntimeError, MemoryError) as exc:   # an allocation failure: the shape is too large here
+            raise InputError(f"cannot allocate the synthetic batch of shape {self.shape}: out of memory "
+                             f"({exc_line(exc, 120)})",
+                             hint="use a smaller --input-shape (the batch dimension first)") from None
 
 
 def first_layer(model: nn.Module) -> nn.Module | None:
@@ -211,8 +250,9 @@ def infer_input_shape(model: nn.Module) -> tuple[int, ...]:
 
 
 def load_batch_file(path: Path) -> Batch:
-    if not path.exists():
-        raise InputError(f"batch file not found: {path}", hint="check the --batch path")
+    from gradcheck_cli.paths import input_file
+
+    input_file(path, "batch", flag="--batch")
     suffix = path.suffix.lower()
     where = str(path)
     if suffix in (".pt", ".pth"):

@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
+from contextlib import contextmanager, redirect_stdout
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import typer
 from rich.console import Console
@@ -45,8 +47,7 @@ class _Group(TyperGroup):
                 typer.echo(exc.ctx.get_help() if exc.ctx else "")
                 sys.exit(EXIT_USAGE)
             cmd = exc.ctx.command_path if exc.ctx else "gradcheck"
-            err.print(f"error: {plain_usage_message(exc.format_message(), args)} (see '{cmd} --help')",
-                      markup=False)
+            _say(f"error: {plain_usage_message(exc.format_message(), args)} (see '{cmd} --help')", markup=False)
             sys.exit(EXIT_USAGE)
         except typer.Abort:
             err.print("error: aborted")
@@ -138,14 +139,30 @@ def _root(
     pass
 
 
+def _say(line: str, markup: bool = False) -> None:
+    """One line on stderr; user text in it (paths, exception messages) made printable first."""
+    from gradcheck_cli.report.escape import terminal
+
+    err.print(terminal(line), markup=False)
+
+
 def _fail(exc: GradcheckError, verbose: bool) -> None:
     if verbose and exc.__cause__ is not None:
         import traceback
 
         err.print("".join(traceback.format_exception(type(exc.__cause__), exc.__cause__,
                                                      exc.__cause__.__traceback__)), markup=False)
-    err.print(f"error: {exc.one_line()}", markup=False)
+    _say(f"error: {exc.one_line()}", markup=False)
     raise typer.Exit(exc.exit_code)
+
+
+def _finite(value: Optional[float]) -> Optional[float]:
+    """NaN passes Click's range check (every comparison with it is false): refuse it here."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a number of seconds; the valid range is 0.001 to 1000000")
+    return value
 
 
 @app.command(cls=_Command, epilog=EXIT_CODES_HELP, short_help="Check a model and report gradient problems.")
@@ -163,7 +180,7 @@ def check(
     input_shape: Annotated[Optional[str], typer.Option(
         "--input-shape", metavar="SHAPE", help="Synthetic input shape, batch first, e.g. 8,3,32,32 (inferred from the first "
                               "layer when omitted).")] = None,
-    steps: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Forward/backward passes to aggregate [default:\u00a03].")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, max=10_000, metavar="N", help="Forward/backward passes to aggregate [default:\u00a03].")] = None,
     format: Annotated[Optional[OutputFormat], typer.Option(
         "--format", "-f", help="Report format on the screen, and for --output paths given without FORMAT: "
                                "[default:\u00a0text].")] = None,
@@ -182,13 +199,14 @@ def check(
     write_baseline: Annotated[Optional[Path], typer.Option(
         "--write-baseline", metavar="PATH", help="Record this run's findings as the new baseline (they are then suppressed "
                                  "in this run too).")] = None,
-    seed: Annotated[Optional[int], typer.Option(min=0, metavar="N", help="Seed for synthetic batches and dropout [default:\u00a00].")] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0, max=2**32 - 1, metavar="N", help="Seed for synthetic batches and dropout [default:\u00a00].")] = None,
     device: Annotated[Optional[Device], typer.Option(help="Where to run the passes [default:\u00a0auto].")] = None,
     max_rows: Annotated[Optional[int], typer.Option(
         "--max-rows", min=0, metavar="N", help="Layer-table rows in the text report (0 = all) [default:\u00a040].")] = None,
     timeout: Annotated[Optional[float], typer.Option(
-        min=0.001, metavar="SECONDS", help="Stop with exit 3, naming the phase, when the run takes longer than this many seconds "
-                        "(a forward pass that never returns); for CI [default:\u00a0off].")] = None,
+        min=0.001, max=1_000_000, callback=_finite, metavar="SECONDS", help="Stop with exit 3, naming the phase, when the run takes longer than this many seconds "
+                        "(a forward pass that never returns), counted from after torch is imported; for CI "
+                        "[default:\u00a0off].")] = None,
     color: Annotated[Optional[bool], typer.Option(
         "--color/--no-color", show_default=False,
         help="Colour the text report. Default: colour on a terminal unless NO_COLOR is set; FORCE_COLOR=1 "
@@ -203,11 +221,21 @@ def check(
     from gradcheck_cli.batches_shape import parse_shape
     from gradcheck_cli.findings import Suite
 
+    try:   # before torch: torch imports numpy inside a block that loses a Ctrl-C pressed meanwhile
+        import numpy  # noqa: F401
+    except ImportError:   # pragma: no cover - numpy ships with most torch installs
+        pass
+
     # Where reports go, known as early as possible so that a failed run still leaves them behind.
     target: dict = {"outputs": [], "started": False, "fail_on": FailOn.WARNING}
     fmt = format.value if format else None
+    given_inputs = [("model file", _spec_file(model)), ("batch file", _spec_file(batch, file_ok=True)),
+                    ("loss file", _spec_file(loss)), ("config", config or cfg.DEFAULT_CONFIG_NAME),
+                    ("baseline", baseline)]
     try:
-        target["outputs"] = _parse_outputs(output or [], fmt)
+        first = _parse_outputs(output or [], fmt)
+        _guard_outputs(first, write_baseline, given_inputs)
+        target["outputs"] = _resolved(first)
         shape = parse_shape(input_shape) if input_shape is not None else None
         settings = cfg.resolve({
             "model": model, "batch": batch, "loss": loss, "input_shape": shape, "steps": steps,
@@ -215,13 +243,23 @@ def check(
             "fail_on": fail_on, "seed": seed, "device": device.value if device else None, "max_rows": max_rows,
             "timeout": timeout, "baseline": str(baseline) if baseline else None,
         }, config)
-        target.update(outputs=_parse_outputs(settings.outputs, fmt if fmt else (
-            settings.format if settings.format != "text" else None)), fail_on=settings.fail_on)
-        for _, path in target["outputs"]:
+        outputs = _parse_outputs(settings.outputs, fmt if fmt else (
+            settings.format if settings.format != "text" else None))
+        runs = cfg.expand_models(settings, model_given=model is not None)
+        # Every file this run reads; no report may overwrite one of them.
+        inputs = given_inputs + [("config", settings.config_path), ("baseline", settings.baseline)]
+        for s in runs:
+            inputs += [("model file", _spec_file(s.model)), ("batch file", _spec_file(s.batch, file_ok=True)),
+                       ("loss file", _spec_file(s.loss))]
+        target["outputs"] = []   # an output refused below must not receive the error report either
+        _guard_outputs(outputs, write_baseline, inputs)
+        for _, path in outputs:
             _check_output_path(path)
         if write_baseline is not None:
             _check_output_path(write_baseline, "--write-baseline")
-        runs = cfg.expand_models(settings, model_given=model is not None)
+            write_baseline = Path(os.path.abspath(write_baseline))
+        # Absolute now: a model whose code calls os.chdir does not move the reports.
+        target.update(outputs=_resolved(outputs), fail_on=settings.fail_on)
         entries = None
         if settings.baseline:
             from gradcheck_cli.baseline import read_baseline
@@ -254,18 +292,23 @@ def _check_one(s, suite, target: dict, verbose: bool, single: bool) -> None:
     from gradcheck_cli.findings import ModelError
     from gradcheck_cli.pipeline import run_check
 
+    from gradcheck_cli.deadline import SecondInterrupt
+
     target["started"] = True
     try:
-        suite.reports.append(run_check(s, on_hard_stop=lambda phase, msg: _write_error(
-            target, s.model, {"type": "user-code", "phase": phase, "message": msg.removeprefix("error: "),
-                              "where": None, "hint": None, "exit_code": 3})))
+        # What the model prints goes to stderr: stdout carries the report alone (a JSON/SARIF/JUnit
+        # document stays valid). A second Ctrl-C stops at once, also inside a native call.
+        with _stdout_to_stderr(), SecondInterrupt():
+            suite.reports.append(run_check(s, on_hard_stop=lambda phase, msg: _write_error(
+                target, s.model, {"type": "user-code", "phase": phase, "message": msg.removeprefix("error: "),
+                                  "where": None, "hint": None, "exit_code": 3})))
         return
     except GradcheckError as exc:
         info = _error_info(exc, True)
         if single:
             _write_error(target, s.model, info)
             _fail(exc, verbose)
-        err.print(f"error: {s.model}: {exc.one_line()}", markup=False)
+        _say(f"error: {s.model}: {exc.one_line()}", markup=False)
     except typer.Exit:
         raise
     except KeyboardInterrupt:
@@ -277,12 +320,89 @@ def _check_one(s, suite, target: dict, verbose: bool, single: bool) -> None:
         if verbose:
             _write_error(target, s.model, info)
             raise
-        err.print(f"error: {s.model + ': ' if not single else ''}internal error in gradcheck: {exc_line(exc)} "
+        _say(f"error: {s.model + ': ' if not single else ''}internal error in gradcheck: {exc_line(exc)} "
                   "(re-run with --verbose and report it)", markup=False)
         if single:
             _write_error(target, s.model, info)
             raise typer.Exit(EXIT_INTERNAL)
     suite.errors.append(ModelError(s.model, info))
+
+
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """sys.stdout, and file descriptor 1 when it is the real stdout (prints from native code and child
+    processes), point to stderr while the user's code runs."""
+    sys.stdout.flush()
+    saved = None
+    try:
+        if sys.stdout.fileno() == 1:
+            saved = os.dup(1)
+            os.dup2(sys.stderr.fileno(), 1)
+    except (AttributeError, OSError, ValueError):   # not a real file (a test runner's buffer)
+        saved = None
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def _spec_file(spec: str | None, file_ok: bool = False) -> str | None:
+    """The file a model/batch/loss spec reads ('net.py:build' -> 'net.py'; a batch may be a file itself)."""
+    if not spec or not isinstance(spec, str):
+        return None
+    target, sep, _ = spec.rpartition(":")
+    if sep and target and (target.endswith(".py") or "/" in target or "\\" in target):
+        return target
+    return spec if file_ok and not sep else None
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    try:
+        if os.path.realpath(a) == os.path.realpath(b):
+            return True
+        return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)   # hard links
+    except (OSError, ValueError):
+        return False
+
+
+def _guard_outputs(outputs: list[tuple[str, Path]], write_baseline: Path | None,
+                   inputs: list[tuple[str, str | Path | None]]) -> None:
+    """Refuse an output that would overwrite a file this run reads, and two outputs to one path."""
+    from gradcheck_cli.paths import shown
+
+    named = [(f"--output {shown(p)}", p) for _, p in outputs]
+    if write_baseline is not None:
+        named.append((f"--write-baseline {shown(write_baseline)}", write_baseline))
+    for i, (flag, path) in enumerate(named):
+        if str(path) == STDOUT:
+            if any(str(q) == STDOUT for _, q in named[:i]):
+                raise InputError(f"{flag}: stdout is already the destination of another --output",
+                                 hint="give one of them a file path")
+            if flag.startswith("--write-baseline"):
+                raise InputError("--write-baseline -: the baseline must be a file", hint="give a file path")
+            continue
+        for what, src in inputs:
+            if src is None or (what == "baseline" and flag.startswith("--write-baseline")):
+                continue   # --baseline b.json --write-baseline b.json updates the baseline: allowed
+            if _same_file(path, src):
+                raise InputError(f"{flag} would overwrite the {what} {shown(src)}, which this run reads",
+                                 hint="choose another output path")
+        for other_flag, other in named[:i]:
+            if str(other) != STDOUT and _same_file(path, other):
+                raise InputError(f"{flag} and {other_flag} are the same file; one would overwrite the other",
+                                 hint="give each output its own path")
+
+
+def _resolved(outputs: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
+    return [(f, p if str(p) == STDOUT else Path(os.path.abspath(p))) for f, p in outputs]
+
+
+# `--output -` (or FORMAT:-) writes that report to stdout instead of a file.
+STDOUT = "-"
 
 
 def _parse_outputs(values: list[str], default_format: str | None) -> list[tuple[str, Path]]:
@@ -317,6 +437,14 @@ def _write_error(target: dict, model: str | None, error: dict) -> None:
 
     for fmt, path in target["outputs"]:
         try:
+            if str(path) == STDOUT:
+                from gradcheck_cli.findings import ModelError, Suite
+                from gradcheck_cli.report import render
+
+                render(Suite(reports=[], errors=[ModelError(model, error)], fail_on=target["fail_on"]), fmt,
+                       sys.stdout, color=False)
+                sys.stdout.flush()
+                continue
             _check_output_path(path)
             write_error_file(error, model, fmt, path, fail_on=target["fail_on"])
         except (GradcheckError, OSError):
@@ -325,34 +453,50 @@ def _write_error(target: dict, model: str | None, error: dict) -> None:
 
 def _check_output_path(output: Path | str | None, flag: str = "--output") -> None:
     """Fail before the passes, not after them, when a file could not be written."""
-    if not output:
+    if not output or str(output) == STDOUT:
         return
+    from gradcheck_cli.paths import shown
+
     path = Path(output)
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"cannot write {path}: directory {parent} does not exist",
-                         hint=f"create it first or choose another {flag}")
-    if path.is_dir():
-        raise InputError(f"cannot write {path}: it is a directory", hint=f"give a file path to {flag}")
-    import os
-
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise InputError(f"cannot write {path}: permission denied", hint=f"choose another {flag}")
+    try:
+        if not parent.is_dir():
+            raise InputError(f"cannot write {shown(path)}: directory {shown(parent)} does not exist",
+                             hint=f"create it first or choose another {flag}")
+        if path.is_dir():
+            raise InputError(f"cannot write {shown(path)}: it is a directory", hint=f"give a file path to {flag}")
+        if path.exists() and not path.is_file():
+            raise InputError(f"cannot write {shown(path)}: it is not a regular file (a FIFO or a device)",
+                             hint=f"give a file path to {flag}")
+        if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise InputError(f"cannot write {shown(path)}: permission denied", hint=f"choose another {flag}")
+    except OSError as exc:   # a name too long for the file system, a symbolic-link loop
+        raise InputError(f"cannot write {shown(path)}: {exc.strerror or exc}", hint=f"choose another {flag}") from None
 
 
 def _emit(suite, settings, outputs: list[tuple[str, Path]], color: bool | None = None) -> None:
-    import os
-
     from gradcheck_cli import report as renderers
 
+    to_stdout = None
     for fmt, path in outputs:
+        if str(path) == STDOUT:
+            to_stdout = fmt
+            continue
         try:
             renderers.write_file(suite, fmt, path, max_rows=settings.max_rows)
         except OSError as exc:
             raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    screen = "text" if outputs else settings.format
+    screen = to_stdout or ("text" if outputs else settings.format)
+    github = os.environ.get("GITHUB_ACTIONS") == "true"
+    # In a GitHub Actions log, a line of the report that starts with `::` (a layer named so) would be run
+    # as a workflow command: stop command processing around the human-readable report.
+    fence = f"gradcheck-{os.urandom(8).hex()}" if github and screen in ("text", "markdown") else None
+    if fence:
+        sys.stdout.write(f"::stop-commands::{fence}\n")
     renderers.render(suite, screen, sys.stdout, max_rows=settings.max_rows, color=color)
-    if os.environ.get("GITHUB_ACTIONS") == "true":
+    if fence:
+        sys.stdout.write(f"::{fence}::\n")
+    if github:
         from gradcheck_cli.report.github import annotations
 
         # Workflow commands are read from stdout and stderr; keep machine formats on stdout clean.
@@ -393,7 +537,7 @@ def explain(rule: Annotated[str, typer.Argument(metavar="RULE", help="Rule id (e
         ids = [x.id for x in RULES]
         close = difflib.get_close_matches(rule, ids, n=1)
         hint = f"did you mean {close[0]}?" if close else f"known rules: {', '.join(ids)}"
-        err.print(f"error: unknown rule {rule!r} ({hint})", markup=False)
+        _say(f"error: unknown rule {rule!r} ({hint})", markup=False)
         raise typer.Exit(EXIT_USAGE)
     out = Console(highlight=False)
     out.print(Text(f"{r.code} {r.id}", style="bold"), Text(f"(default severity: {r.severity.value})"))
@@ -424,7 +568,28 @@ def _unwrap(body: str) -> str:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        _exit_despite_threads(exc.code)
+        raise
+
+
+def _exit_despite_threads(code: object) -> None:
+    """The verdict is final: a non-daemon thread the model started must not keep the process alive (or
+    change the exit code when it ends). Exit at once, after flushing, when one is still running."""
+    import threading
+
+    others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon
+              and t.is_alive()]
+    if not others:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
 
 
 if __name__ == "__main__":

@@ -49,7 +49,28 @@ class Settings:
 
 class ConfigError(InputError):
     def __init__(self, path: str, key: str, problem: str, hint: str | None = None):
+        from gradcheck_cli.report.escape import terminal
+
+        key = terminal(key)
+        key = key if len(key) <= 80 else key[:79] + "…"
         super().__init__(f"{path}: key '{key}': {problem}", hint=hint)
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """repr() of a configured value for an error message, bounded (a value can be huge) and one line."""
+    import reprlib
+
+    from gradcheck_cli.report.escape import terminal
+
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = limit
+    r.maxlist = r.maxdict = r.maxtuple = r.maxset = 4
+    r.maxlevel = 3
+    try:
+        text = terminal(r.repr(value))
+    except Exception:   # pragma: no cover - repr of a plain YAML value does not fail
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _suggest(key: str, allowed: list[str]) -> str | None:
@@ -57,50 +78,67 @@ def _suggest(key: str, allowed: list[str]) -> str | None:
     return f"did you mean '{close[0]}'? allowed: {', '.join(allowed)}" if close else f"allowed: {', '.join(allowed)}"
 
 
-def _int(path: str, key: str, v: Any, minimum: int | None = None) -> int:
+def _int(path: str, key: str, v: Any, minimum: int | None = None, maximum: int | None = None) -> int:
     if not isinstance(v, int) or isinstance(v, bool):
-        raise ConfigError(path, key, f"expected an integer (got {v!r})")
+        raise ConfigError(path, key, f"expected an integer (got {_show(v)})")
     if minimum is not None and v < minimum:
-        raise ConfigError(path, key, f"must be at least {minimum} (got {v})")
+        raise ConfigError(path, key, f"must be at least {minimum} (got {_show(v)})")
+    if maximum is not None and v > maximum:
+        raise ConfigError(path, key, f"must be between {minimum if minimum is not None else '-'} and {maximum:,} "
+                                     f"(got {_show(v)})")
     return v
 
 
 def _positive(path: str, key: str, v: Any) -> float:
+    import math
+
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ConfigError(path, key, f"expected a number of seconds (got {v!r})")
-    if v <= 0:
-        raise ConfigError(path, key, f"must be greater than 0 (got {v})")
+        raise ConfigError(path, key, f"expected a number of seconds (got {_show(v)})")
+    if not math.isfinite(v) or v <= 0 or v > MAX_TIMEOUT_S:
+        raise ConfigError(path, key, f"must be a number of seconds greater than 0 and at most {MAX_TIMEOUT_S:g} "
+                                     f"(got {_show(v)})")
     return float(v)
 
 
 def _choice(path: str, key: str, v: Any, allowed: tuple[str, ...]) -> str:
     if not isinstance(v, str) or v not in allowed:
-        raise ConfigError(path, key, f"expected one of {', '.join(allowed)} (got {v!r})")
+        raise ConfigError(path, key, f"expected one of {', '.join(allowed)} (got {_show(v)})")
     return v
 
 
 def _str(path: str, key: str, v: Any) -> str:
     if not isinstance(v, str) or not v:
-        raise ConfigError(path, key, f"expected a non-empty string (got {v!r})")
+        raise ConfigError(path, key, f"expected a non-empty string (got {_show(v)})")
     return v
 
 
 def _shape(path: str, key: str, v: Any) -> tuple[int, ...]:
     from gradcheck_cli.batches_shape import parse_shape
 
+    from gradcheck_cli.batches_shape import check_size
+
     if isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v) and v:
-        return tuple(v)
+        try:
+            return check_size(tuple(v), _show(v))
+        except InputError as exc:
+            raise ConfigError(path, key, exc.message.split(": ", 1)[-1]) from None
     if isinstance(v, str):
         try:
             return parse_shape(v)
-        except InputError:
-            pass
-    raise ConfigError(path, key, f"expected a list of positive integers or '8,3,32,32' (got {v!r})")
+        except InputError as exc:
+            if "values" in exc.message:   # parsed, but too large
+                raise ConfigError(path, key, exc.message.split(": ", 1)[-1]) from None
+    raise ConfigError(path, key, f"expected a list of positive integers or '8,3,32,32' (got {_show(v)})")
 
+
+# Valid ranges, shared with the command-line options.
+MAX_STEPS = 10_000
+MAX_SEED = 2**32 - 1        # seeds are combined with step numbers into torch.manual_seed's 64 bits
+MAX_TIMEOUT_S = 1_000_000.0
 
 TOP_KEYS: dict[str, Any] = {
-    "steps": lambda p, k, v: _int(p, k, v, 1),
-    "seed": lambda p, k, v: _int(p, k, v, 0),
+    "steps": lambda p, k, v: _int(p, k, v, 1, MAX_STEPS),
+    "seed": lambda p, k, v: _int(p, k, v, 0, MAX_SEED),
     "fail_on": lambda p, k, v: FailOn(_choice(p, k, v, FAIL_ON)),
     "input_shape": _shape,
     "batch": _str,
@@ -140,7 +178,7 @@ def _ignores(p: str, key: str, value: Any) -> list[Any]:
     for i, item in enumerate(value):
         k = f"{key}[{i}]"
         if not isinstance(item, dict):
-            raise ConfigError(p, k, f"expected a mapping with rule and/or layer, and reason (got {item!r})")
+            raise ConfigError(p, k, f"expected a mapping with rule and/or layer, and reason (got {_show(item)})")
         for name in item:
             if name not in allowed:
                 raise ConfigError(p, f"{k}.{name}", "unknown key", hint=_suggest(str(name), allowed))
@@ -152,7 +190,7 @@ def _ignores(p: str, key: str, value: Any) -> list[Any]:
         if "rule" in item:
             r = get_rule(str(item["rule"]))
             if r is None:
-                raise ConfigError(p, f"{k}.rule", f"unknown rule {item['rule']!r}",
+                raise ConfigError(p, f"{k}.rule", f"unknown rule {_show(item['rule'])}",
                                   hint=_suggest(str(item["rule"]), [x.id for x in RULES]))
             rule_id = r.id
         layer = _str(p, f"{k}.layer", item["layer"]) if "layer" in item else None
@@ -172,7 +210,7 @@ def _models(p: str, value: Any, rules: Any, get_rule: Any) -> list[dict[str, Any
         if isinstance(item, str):
             item = {"model": item}
         if not isinstance(item, dict):
-            raise ConfigError(p, k, f"expected a model spec or a mapping with `model` (got {item!r})")
+            raise ConfigError(p, k, f"expected a model spec or a mapping with `model` (got {_show(item)})")
         if "model" not in item:
             raise ConfigError(p, f"{k}.model", "missing: each entry needs model: path/to/file.py:NAME")
         entry: dict[str, Any] = {}
@@ -193,26 +231,82 @@ def _models(p: str, value: Any, rules: Any, get_rule: Any) -> list[dict[str, Any
     return out
 
 
+# A YAML document may use aliases (&a / *a) to repeat a value; nested, a few hundred bytes expand to
+# billions of values ("billion laughs"). Configs are small: more than this many values is refused.
+MAX_YAML_VALUES = 100_000
+
+
+def _yaml_loader() -> Any:
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader   # the C loader when libyaml is there
+
+
+def parse_yaml(text: str, p: str) -> Any:
+    """safe_load with three guards: alias expansion capped, duplicate keys refused (naming both lines),
+    and syntax errors as one line."""
+    import yaml
+
+    loader = _yaml_loader()
+    try:
+        node = yaml.compose(text, Loader=loader)
+        if node is None:
+            return None
+        _check_nodes(node, p)
+        return yaml.load(text, Loader=loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InputError(f"{p}: YAML syntax error{where}: {_show(problem, 120)}") from None
+    except RecursionError:
+        raise InputError(f"{p}: YAML nested too deeply") from None
+
+
+def _check_nodes(root: Any, p: str) -> None:
+    """Walk the composed document as it would expand (an alias counts each time it is used): refuse
+    more than MAX_YAML_VALUES values, and mappings that give one key twice."""
+    import yaml
+
+    budget = MAX_YAML_VALUES
+    stack = [root]
+    seen_maps: set[int] = set()
+    while stack:
+        node = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise InputError(f"{p}: the YAML expands to more than {MAX_YAML_VALUES:,} values (aliases "
+                             "nested inside aliases?)", hint="write the settings out; configs are small")
+        if isinstance(node, yaml.MappingNode):
+            if id(node) not in seen_maps:
+                seen_maps.add(id(node))
+                first: dict[Any, int] = {}
+                for k, _ in node.value:
+                    if isinstance(k, yaml.ScalarNode) and k.value != "<<":
+                        line = k.start_mark.line + 1
+                        if k.value in first:
+                            raise InputError(f"{p}: key {_show(k.value)} appears twice (lines {first[k.value]} "
+                                             f"and {line}); YAML would silently keep only the second",
+                                             hint="merge the two into one")
+                        first[k.value] = line
+            for k, v in node.value:
+                stack.append(k)
+                stack.append(v)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+
+
 def load_config(path: Path) -> dict[str, Any]:
     """Read and validate a config file; returns {key: value} with rules as {rule_id: RuleSettings}."""
     import yaml
 
     from gradcheck_cli.rules import RULES, get_rule
 
-    p = str(path)
-    if not path.exists():
-        raise InputError(f"config file not found: {p}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read config file {p}: {exc}") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise InputError(f"{p}: YAML syntax error{where}: {problem}") from None
+    from gradcheck_cli.paths import MAX_CONFIG_BYTES, input_file, read_text, shown
+
+    p = shown(path)
+    input_file(path, "config", max_bytes=MAX_CONFIG_BYTES)
+    doc = parse_yaml(read_text(path, "config", MAX_CONFIG_BYTES), p)
     if doc is None:
         return {}
     if not isinstance(doc, dict):
@@ -257,7 +351,7 @@ def _rules(p: str, value: Any, rules: Any, get_rule: Any, prefix: str = "rules")
             key = f"{prefix}.{rid}.{k}"
             if k == "enabled":
                 if not isinstance(v, bool):
-                    raise ConfigError(p, key, f"expected true or false (got {v!r})")
+                    raise ConfigError(p, key, f"expected true or false (got {_show(v)})")
                 rs.enabled = v
             elif k == "severity":
                 rs.severity = Severity(_choice(p, key, v, tuple(s.value for s in Severity)))
@@ -268,7 +362,7 @@ def _rules(p: str, value: Any, rules: Any, get_rule: Any, prefix: str = "rules")
                 try:
                     rs.options[k] = opt.coerce(v)
                 except ValueError as exc:
-                    raise ConfigError(p, key, f"{exc} (got {v!r})") from None
+                    raise ConfigError(p, key, f"{exc} (got {_show(v)})") from None
         out[r.id] = rs
     return out
 

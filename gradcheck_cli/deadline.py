@@ -84,3 +84,67 @@ class Deadline:
         sys.stderr.write(msg + "\n")
         sys.stderr.flush()
         os._exit(3)
+
+
+class SecondInterrupt:
+    """A second Ctrl-C stops the process at once (exit 130), also while the main thread is stuck in a
+    native call, where Python cannot raise KeyboardInterrupt until the call returns.
+
+    The first Ctrl-C works as usual (KeyboardInterrupt, the model is restored, exit 130). Python's C-level
+    signal handler writes each signal's number to the wakeup file descriptor as it arrives, whatever the
+    main thread is doing; a daemon thread reading it counts the SIGINTs. Main thread, Unix only; a no-op
+    elsewhere."""
+
+    def __init__(self) -> None:
+        self._old_fd: int | None = None
+        self._fds: tuple[int, int] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = False
+
+    def __enter__(self) -> "SecondInterrupt":
+        if os.name != "posix" or threading.current_thread() is not threading.main_thread():
+            return self
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            return self   # someone else handles Ctrl-C
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        try:
+            self._old_fd = signal.set_wakeup_fd(w)
+        except (ValueError, OSError):   # pragma: no cover - not the main thread after all
+            os.close(r)
+            os.close(w)
+            return self
+        self._fds = (r, w)
+        self._thread = threading.Thread(target=self._watch, args=(r,), daemon=True, name="gradcheck-sigint")
+        self._thread.start()
+        return self
+
+    def _watch(self, fd: int) -> None:
+        seen = 0
+        while True:
+            try:
+                data = os.read(fd, 64)
+            except OSError:
+                return
+            if not data or self._stop:
+                return
+            seen += data.count(bytes([signal.SIGINT]))
+            if seen >= 2:
+                sys.stderr.write(f"error: interrupted twice during {_phase}; stopped at once\n")
+                sys.stderr.flush()
+                os._exit(130)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fds is None:
+            return
+        signal.set_wakeup_fd(self._old_fd if self._old_fd is not None else -1)
+        self._stop = True
+        r, w = self._fds
+        os.close(w)   # the reader sees end of file
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+        try:
+            os.close(r)
+        except OSError:   # pragma: no cover
+            pass
+        self._fds = None

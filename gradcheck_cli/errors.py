@@ -12,8 +12,20 @@ def exc_line(exc: BaseException, limit: int = 300) -> str:
     """`Type: first line of the message`, trimmed: how any exception is quoted in a one-line error."""
     if type(exc).__name__ == "RunTimeout":
         return str(exc)
-    text = str(exc).strip()
-    first = text.splitlines()[0].strip() if text else ""
+    if isinstance(exc, SystemExit):
+        try:
+            code = repr(exc.code)
+        except Exception:
+            code = "..."
+        code = code if len(code) <= 80 else code[:79] + "…"
+        return f"SystemExit: the code called sys.exit({'' if exc.code is None else code})"
+    try:
+        text = str(exc).strip()
+    except Exception as inner:   # an exception class whose __str__ itself raises
+        text = f"(its message could not be shown: __str__ raised {type(inner).__name__})"
+    from gradcheck_cli.report.escape import terminal
+
+    first = terminal(text.splitlines()[0].strip()) if text else ""
     if len(first) > limit:
         first = first[:limit - 1] + "…"
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

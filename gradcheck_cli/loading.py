@@ -53,16 +53,16 @@ def _user_frame(exc: BaseException, path: str | None = None) -> str | None:
 
 
 def import_file(path_text: str, what: str = "model") -> ModuleType:
+    from gradcheck_cli.paths import input_file, shown
+
     path = Path(path_text)
-    if not path.exists():
-        raise InputError(f"{what} file not found: {path_text}",
-                         hint="check the path (relative to the current directory)")
-    if path.is_dir() or path.suffix != ".py":
-        raise InputError(f"not a Python file: {path_text}", hint="point to a .py file, e.g. model.py:build")
+    if path.suffix != ".py":
+        raise InputError(f"not a Python file: {shown(path_text)}", hint="point to a .py file, e.g. model.py:build")
+    input_file(path, what, not_found_hint="check the path (relative to the current directory)")
     key = str(path.resolve())
     if key in _FILE_MODULES:
         return _FILE_MODULES[key]
-    mod_name = "_gradcheck_user_" + hashlib.sha1(key.encode()).hexdigest()[:12]
+    mod_name = "_gradcheck_user_" + hashlib.sha1(os.fsencode(key)).hexdigest()[:12]
     spec = importlib.util.spec_from_file_location(mod_name, path)
     if spec is None or spec.loader is None:  # pragma: no cover - defensive
         raise InputError(f"cannot import {path_text}")

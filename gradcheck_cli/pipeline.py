@@ -11,7 +11,7 @@ from typing import Any
 from gradcheck_cli import __version__
 from gradcheck_cli.config import RuleSettings, Settings
 from gradcheck_cli.deadline import Deadline, RunTimeout, set_phase
-from gradcheck_cli.errors import GradcheckError, InputError, UserCodeError
+from gradcheck_cli.errors import GradcheckError, InputError, UserCodeError, exc_line
 from gradcheck_cli.findings import FailOn, Finding, Report
 from gradcheck_cli.rules import RULES
 from gradcheck_cli.stats import RunStats
@@ -42,13 +42,26 @@ def resolve_device(name: str):
 
 
 def run_check(s: Settings, on_hard_stop: Any = None) -> Report:
-    """Run the whole check. With s.timeout, a phase that does not finish in time raises UserCodeError."""
+    """Run the whole check. With s.timeout, a phase that does not finish in time raises UserCodeError.
+
+    --timeout counts from after gradcheck's own imports (torch takes seconds to import on a cold disk):
+    it bounds the user's code and the passes, not the installation."""
+    set_phase("load")
+    import torch  # noqa: F401
+
+    from gradcheck_cli import batches, loading, losses, measure, sources  # noqa: F401
     try:
         with Deadline(s.timeout, on_hard_stop):
             return _run_check(s)
     except RunTimeout as exc:   # expired outside the user's code (imports, batch synthesis, analysis)
         raise UserCodeError(str(exc), phase=exc.phase,
                             hint="the run is slower than --timeout allows; raise --timeout") from exc
+    except SystemExit as exc:   # sys.exit() in the user's code, anywhere the passes did not catch it
+        from gradcheck_cli.deadline import phase
+
+        raise UserCodeError(exc_line(exc), phase=phase(), original=exc,
+                            hint="the model's code ended the process; gradcheck reports it as a failure "
+                                 "of that code") from exc
 
 
 def _run_check(s: Settings) -> Report:
@@ -68,9 +81,35 @@ def _run_check(s: Settings) -> Report:
         obj = loading.load_object(s.model, what="model")
         set_phase("build")
         model = loading.build_model(obj, s.model)
+    refuse_unsupported(model)
     set_phase("batch")
     source = batches.make_batch_source(s.batch, s.input_shape, model, s.seed)
     return check_loaded(model, source, loss_fn, s, device, t0, origin=obj)
+
+
+def refuse_unsupported(model: Any) -> None:
+    """Models gradcheck cannot instrument or run as given: exit 2 with what to do instead."""
+    import torch
+
+    if isinstance(model, torch.jit.ScriptModule) or any(isinstance(m, torch.jit.ScriptModule)
+                                                        for m in model.modules()):
+        raise InputError(f"{type(model).__name__} is a TorchScript module (torch.jit.script/trace): it cannot "
+                         "carry the hooks gradcheck measures with",
+                         hint="point gradcheck at the nn.Module before scripting, e.g. a factory returning Net()")
+    meta = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
+    if meta:
+        raise InputError(f"the model's tensors are on the meta device (no data): {', '.join(meta[:3])}"
+                         f"{', ...' if len(meta) > 3 else ''}",
+                         hint="materialise it first: model.to_empty(device='cpu') and initialise the weights "
+                              "(e.g. model.apply(model._init_weights) or reset_parameters()) in the factory")
+    cplx = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.is_complex()]
+    if cplx:
+        n, p = cplx[0]
+        raise InputError(f"the model has complex parameters ({n}: {str(p.dtype).replace('torch.', '')}"
+                         f"{f' and {len(cplx) - 1} more' if len(cplx) > 1 else ''}); gradcheck measures "
+                         "real floating-point parameters only",
+                         hint="parametrise complex weights as two real tensors (real, imag), or check a "
+                              "real-valued variant of the model")
 
 
 def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any, t0: float,
@@ -80,12 +119,19 @@ def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any
     from gradcheck_cli import sources
     from gradcheck_cli.measure import run_passes
 
+    refuse_unsupported(model)
     t1 = time.perf_counter()
     try:
         result = run_passes(model, source, loss_fn, steps=s.steps, seed=s.seed, device=device)
     except GradcheckError as exc:
         add_hint(exc)
         raise
+    if result.stats.layers and not any(layer.calls for layer in result.stats.layers):
+        raise UserCodeError("no layer was measured: the model's code removed the forward hooks gradcheck "
+                            "registers (module._forward_hooks cleared, or hooks removed in forward)",
+                            phase="forward", where=f"`(model)` ({type(model).__name__})",
+                            hint="leave hooks in place while gradcheck runs; a check that measured nothing "
+                                 "cannot pass")
     set_phase("analysis")
     t2 = time.perf_counter()
     findings = apply_rules(result.stats, s.rules)

@@ -27,6 +27,33 @@ except ImportError:   # pragma: no cover - hypothesis is a test dependency
     pass
 
 
+# The width every CLI test sees: Rich reads COLUMNS (and LINES) when a console is created, and a test's
+# output must not depend on the terminal that runs the suite. Subprocesses inherit it from os.environ.
+PINNED_COLUMNS = "100"
+
+
+@pytest.fixture(autouse=True)
+def _pinned_terminal(monkeypatch):
+    monkeypatch.setenv("COLUMNS", PINNED_COLUMNS)
+    monkeypatch.setenv("LINES", "50")
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+
+
+def console_script(name: str = "gradcheck") -> Path:
+    """The console script installed beside this interpreter (not whatever PATH finds first)."""
+    import sys
+
+    folder = Path(sys.executable).parent
+    for candidate in (folder / name, folder / f"{name}.exe", folder / "Scripts" / f"{name}.exe"):
+        if candidate.exists():
+            return candidate
+    raise AssertionError(f"the {name} console script is not installed beside {sys.executable}; "
+                         "install the package (pip install -e .) into this environment")
+
+
 @pytest.fixture
 def write_file(tmp_path: Path) -> Callable[[str, str], Path]:
     """write_file("net.py", source) -> absolute path of a dedented file in tmp_path."""

@@ -712,11 +712,9 @@ def test_max_rows_elides_but_keeps_flagged_layers():
 
 
 def test_module_spec_from_the_current_directory_with_the_console_script(write_file, tmp_path):
-    import shutil
+    from conftest import console_script
 
-    exe = shutil.which("gradcheck")
-    if exe is None:
-        pytest.skip("the gradcheck console script is not installed")
+    exe = str(console_script())
     write_file("tinymod_for_gc.py", MODEL_PY)
     r = subprocess.run([exe, "check", "tinymod_for_gc:build"], capture_output=True, text=True, timeout=120,
                        cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import copy
 import io
+import os
+import re
+import subprocess
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -45,7 +48,7 @@ def healthy():
 
 def rendered(obj, fmt: str) -> str:
     out = io.StringIO()
-    render(obj, fmt, out)
+    render(obj, fmt, out, width=200)   # wide: phrases are checked whole, never wrapped
     return out.getvalue()
 
 
@@ -369,6 +372,9 @@ def test_github_actions_annotations_end_to_end(monkeypatch):
     r = runner.invoke(app, ["check", "examples/dead_relu.py:build"])
     assert r.exit_code == 1
     lines = [x for x in r.output.splitlines() if x.startswith("::")]
+    # the human-readable report is fenced off (::stop-commands::TOKEN ... ::TOKEN::), then the annotations
+    assert lines[0].startswith("::stop-commands::") and lines[1] == f"::{lines[0].split('::')[2]}::"
+    lines = lines[2:]
     assert len(lines) == 2 and lines[0].startswith("::warning file=examples/dead_relu.py,line=8,")
     assert lines[1].startswith("::notice ")   # the info finding (exactly-zero gradients behind the dead units)
     monkeypatch.setenv("GITHUB_ACTIONS", "false")
@@ -393,14 +399,14 @@ def test_baseline_end_to_end(tmp_path, monkeypatch):
     doc = json.loads(base.read_text())
     assert doc["kind"] == "gradcheck-baseline" and [e["code"] for e in doc["findings"]] == ["GC105", "GC106"]
     r = runner.invoke(app, ["check", "examples/dead_relu.py:build", "--baseline", str(base)])
-    flat = " ".join(r.output.split())          # the line wraps at the temp path, whose length varies
+    flat = " ".join(r.output.split())   # independent of where a long temporary path makes Rich wrap
     assert r.exit_code == 0 and "Suppressed" in flat and "2 findings suppressed" in flat
     r = runner.invoke(app, ["check", "examples/vanishing_sigmoid_mlp.py:build", "--baseline", str(base)])
     assert r.exit_code == 1                    # a different model: nothing is known about it
     doc["findings"][0]["metric"]["value"] = 0.2          # the baseline had far fewer dead units: worse now
     base.write_text(json.dumps(doc))
     r = runner.invoke(app, ["check", "examples/dead_relu.py:build", "--baseline", str(base)])
-    assert r.exit_code == 1 and "worse than in the baseline" in r.output
+    assert r.exit_code == 1 and "worse than in the baseline" in " ".join(r.output.split())
 
 
 @pytest.mark.parametrize("content,message", [
@@ -525,6 +531,41 @@ def test_example_workflow_uses_real_flags_and_a_valid_config(monkeypatch):
     r = runner.invoke(app, ["check", "--config", "examples/ci/gradcheck.yaml", "-f", "markdown"])
     assert r.exit_code == 0, r.output        # the three healthy examples pass
     assert r.output.startswith("## gradcheck ✅ PASS") and "3 models" in r.output
+
+
+@pytest.mark.slow
+def test_example_workflow_runs_as_written_in_a_new_repository(tmp_path):
+    """A repository that adopts the workflow has no baseline yet, and gradcheck is not on PyPI: the install
+    step installs from the repository, and the check step (run here with bash, as Actions runs it) passes
+    without a baseline and writes every report."""
+    import shutil
+
+    import yaml
+
+    from conftest import console_script
+
+    workflow = yaml.safe_load((EXAMPLES / "ci" / "gradcheck.yml").read_text())
+    steps = workflow["jobs"]["gradients"]["steps"]
+    install = next(s["run"] for s in steps if "pip install" in s.get("run", ""))
+    assert not re.search(r"pip install\s+gradcheck\b", install), "gradcheck is not on PyPI"
+    assert 'pip install "$GRADCHECK_SOURCE"' in install and workflow["env"]["GRADCHECK_SOURCE"] == "."
+    assert (ROOT / "pyproject.toml").exists()                    # "." is installable: this repository
+    assert not any(s.get("with", {}).get("cache") for s in steps)   # a pip cache needs a lock file
+    script = next(s["run"] for s in steps if "gradcheck check" in s.get("run", ""))
+    shutil.copytree(EXAMPLES, tmp_path / "examples")              # a fresh checkout: no baseline, no reports
+    summary = tmp_path / "summary.md"
+    # The shipped config's three models run in the test above; one keeps this end-to-end run short.
+    (tmp_path / "one.yaml").write_text("models:\n  - model: examples/healthy_mlp.py:build\n")
+    env = {**os.environ, **workflow["env"], "GRADCHECK_CONFIG": "one.yaml",
+           "GITHUB_STEP_SUMMARY": str(summary), "GITHUB_ACTIONS": "true",
+           "PATH": f"{console_script().parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    r = subprocess.run(["bash", "-eo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    for name in ("gradcheck.sarif", "gradcheck-junit.xml", "gradcheck.html"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert "PASS" in summary.read_text()
+    assert 'if [ -f gradcheck-baseline.json ]; then baseline=(--baseline gradcheck-baseline.json); fi' in script
 
 
 def test_help_shows_defaults_and_the_output_syntax():

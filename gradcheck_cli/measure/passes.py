@@ -19,6 +19,7 @@ In a user's own loop the monitor reads `p.grad` after the user's backward:
 from __future__ import annotations
 
 import gc
+import re
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -197,7 +198,12 @@ def _run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, see
                 except RuntimeError as exc:   # e.g. CUDA out of memory while copying the weights
                     raise InputError(f"cannot move the model to {device}: {exc_line(exc, 160)}",
                                      reason="device-move") from None
-            model.train()
+            try:
+                model.train()
+            except (Exception, SystemExit) as exc:   # a train() override of the user's
+                raise UserCodeError(exc_line(exc), phase="build", where=f"{type(model).__name__}.train()",
+                                    hint="gradcheck puts the model in training mode with model.train(); make "
+                                         "that call work") from exc
             mon = Monitor(model).attach()
             result = _check_passes(mon, model, batches, loss_fn, steps=steps, seed=seed, device=device,
                                    cuda=cuda)
@@ -237,21 +243,21 @@ def _check_passes(mon: Monitor, model: nn.Module, batches: Any, loss_fn: Any, *,
                 output = model(*batch.args, **batch.kwargs)
         except (InputError, UserCodeError):
             raise
-        except Exception as exc:   # the user's forward raised
+        except (Exception, SystemExit) as exc:   # the user's forward raised (or called sys.exit)
             raise user_error("forward", exc, mon, batch) from exc
         set_phase("loss")
         try:
             loss, loss_description, note = losses.compute(loss_fn, output, batch, step, seed)
         except (InputError, UserCodeError):
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise user_error("loss", exc, mon, batch) from exc
         if note and note not in notes:
             notes.append(note)
         set_phase("backward")
         try:
             grads = torch.autograd.grad(loss, list(params) + list(mon.hooks.extra_inputs), allow_unused=True)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise user_error("backward", exc, mon, batch) from exc
         del output
         return mon.step(loss, grads[:len(params)])
@@ -292,7 +298,8 @@ def user_error(phase: str, exc: BaseException, mon: Monitor, batch: Any) -> User
                                   getattr(torch.cuda, "OutOfMemoryError", None), MemoryError) if t is not None)
     if isinstance(exc, RunTimeout):
         msg, reason, detail = str(exc), "timeout", f"{exc.seconds:g}"
-    elif isinstance(exc, oom_types) or "out of memory" in str(exc).lower():
+    elif isinstance(exc, oom_types) or re.search(r"out of memory|can't allocate memory|not enough memory",
+                                                 exc_line(exc, 1000), re.I):
         msg, reason = f"out of memory ({type(exc).__name__})", "out-of-memory"
     elif phase == "forward" and isinstance(exc, RuntimeError) and ("shape" in str(exc) or "size" in str(exc)):
         reason, detail = "shape", batch.describe_shapes()

@@ -80,11 +80,24 @@ def _is_step_summary(path: Path) -> bool:
         return False
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)   # reading the umask means setting it: put it back at once
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write: Callable[[TextIO], None]) -> None:
     """A temporary file in the same directory, then os.replace: readers never see half a report."""
     directory = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
+        # mkstemp makes the file 0600; a report gets the permissions a new file gets (the umask), or
+        # keeps those of the file it replaces.
+        try:
+            mode = os.stat(path).st_mode & 0o7777
+        except OSError:
+            mode = 0o666 & ~_umask()
+        os.chmod(tmp, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             write(fh)
         os.replace(tmp, path)

@@ -8,16 +8,13 @@ are not annotated; a model that could not be checked is an ::error.
 from __future__ import annotations
 
 from gradcheck_cli.findings import Severity, Suite
+from gradcheck_cli.report import escape
 
 COMMANDS = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
 
 
-def escape_data(s: str) -> str:
-    return s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def escape_property(s: str) -> str:
-    return escape_data(s).replace(":", "%3A").replace(",", "%2C")
+escape_data = escape.gh_data
+escape_property = escape.gh_property
 
 
 def _command(kind: str, message: str, title: str, file: str | None = None, line: int | None = None) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from html import escape
+from gradcheck_cli.report.escape import html_text
 from typing import Any, TextIO
 
 from gradcheck_cli import __version__
@@ -75,7 +75,7 @@ svg.chart rect.flagged,svg.chart rect.legend-flagged{fill:#ff7b72;fill-opacity:.
 
 
 def _e(x: Any) -> str:
-    return escape(str(x), quote=True)
+    return html_text(x)
 
 
 def _prose(text: Any) -> str:

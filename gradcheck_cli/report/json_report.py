@@ -8,8 +8,9 @@ import json
 from typing import TextIO
 
 from gradcheck_cli.findings import Suite
+from gradcheck_cli.report import escape
 
 
 def render(suite: Suite, out: TextIO, **_: object) -> None:
-    json.dump(suite.to_dict(), out, indent=2, allow_nan=False)
+    json.dump(escape.json_clean(suite.to_dict()), out, indent=2, allow_nan=False)
     out.write("\n")

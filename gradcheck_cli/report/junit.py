@@ -13,6 +13,7 @@ from typing import TextIO
 
 from gradcheck_cli.findings import Finding, ModelError, Report, Suite
 from gradcheck_cli.numbers import fmt
+from gradcheck_cli.report import escape
 
 
 def _finding_text(f: Finding) -> str:
@@ -88,7 +89,7 @@ def junit_tree(suite: Suite) -> ET.Element:
 
 
 def render(suite: Suite, out: TextIO, **_: object) -> None:
-    root = junit_tree(suite)
+    root = escape.xml_tree(junit_tree(suite))   # user text: only characters XML can hold
     ET.indent(root)
     out.write('<?xml version="1.0" encoding="UTF-8"?>\n')
     out.write(ET.tostring(root, encoding="unicode"))

@@ -10,20 +10,14 @@ from typing import TextIO
 
 from gradcheck_cli.findings import Finding, ModelError, Report, Severity, Suite
 from gradcheck_cli.numbers import count_phrase, fmt, plural
+from gradcheck_cli.report import escape
 
 ICONS = {Severity.ERROR: "🔴", Severity.WARNING: "🟡", Severity.INFO: "🔵"}
 VERDICT = {"pass": "✅ PASS", "fail": "❌ FAIL", "error": "⛔ ERROR"}
 
 
-def cell(text: object) -> str:
-    """Safe inside a table cell: no line breaks, pipes escaped, no HTML."""
-    s = str(text).replace("\r", " ").replace("\n", " ").replace("|", "\\|")
-    return s.replace("<", "&lt;").replace(">", "&gt;")
-
-
-def code(text: object) -> str:
-    s = str(text).replace("`", "'").replace("\n", " ").replace("|", "\\|")
-    return f"`{s}`"
+cell = escape.md_text    # safe inside a table cell: one line, pipes escaped, no HTML, no links
+code = escape.md_code    # `inline code` that stays in its cell
 
 
 def _where(f: Finding) -> str:

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from gradcheck_cli import __version__
 from gradcheck_cli.findings import Finding, Report, Severity, Suite, plain_text
+from gradcheck_cli.report import escape
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 INFORMATION_URI = "https://github.com/gradcheck/gradcheck"
@@ -116,5 +117,5 @@ def sarif_log(suite: Suite) -> dict[str, Any]:
 
 
 def render(suite: Suite, out: TextIO, **_: object) -> None:
-    json.dump(sarif_log(suite), out, indent=2, allow_nan=False)
+    json.dump(escape.json_clean(sarif_log(suite)), out, indent=2, allow_nan=False)
     out.write("\n")

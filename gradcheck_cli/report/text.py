@@ -20,6 +20,7 @@ from rich.text import Text
 from gradcheck_cli import __version__
 from gradcheck_cli.findings import ModelError, Report, Severity, Suite
 from gradcheck_cli.numbers import count_phrase, fmt, plural
+from gradcheck_cli.report.escape import terminal as _t
 from gradcheck_cli.report.view import LayerView, ReportView, build_view
 
 BAR_WIDTH = 14
@@ -103,7 +104,7 @@ def _select(view: ReportView, max_rows: int) -> list[_Row]:
             rows.append(_Row("gap"))
             block = None
         if lv.block is not None and lv.block != block:
-            rows.append(_Row("block", text=lv.block))
+            rows.append(_Row("block", text=_t(lv.block)))
         block = lv.block
         rows.append(_Row("layer", lv))
         last = i
@@ -284,7 +285,7 @@ def render(suite: Suite, out: TextIO, *, color: bool | None = None, width: int |
         lines += error_lines(e, console, w)
     if suite.baseline is not None:
         b = suite.baseline
-        line = Text(f"baseline {b['path']}: {plural(b['suppressed'], 'finding')} suppressed (present in the "
+        line = Text(f"baseline {_t(b['path'])}: {plural(b['suppressed'], 'finding')} suppressed (present in the "
                     "baseline, not worse)", style="dim")
         if b["resolved"]:
             n = len(b["resolved"])
@@ -310,12 +311,12 @@ def error_lines(e: ModelError, console: Console, width: int | None) -> list[Text
     err = e.error
     head = Text()
     head.append(f"gradcheck {__version__}", style="bold")
-    head.append(f"  {e.spec}")
-    where = f" in {err['where']}" if err.get("where") else ""
-    hint = f" ({err['hint']})" if err.get("hint") else ""
+    head.append(f"  {_t(e.spec)}")
+    where = f" in {_t(err['where'])}" if err.get("where") else ""
+    hint = f" ({_t(err['hint'])})" if err.get("hint") else ""
     line = Text()
     line.append("✗ ERROR", style="bold red")
-    line.append(f"  {err['type']} error during {err['phase']}{where}: {err['message']}{hint} → exit {err['exit_code']}")
+    line.append(f"  {err['type']} error during {err['phase']}{where}: {_t(err['message'])}{hint} → exit {err['exit_code']}")
     return [head] + _wrap(console, line, width, indent=9)
 
 
@@ -331,14 +332,14 @@ def report_lines(report: Report, view: ReportView, console: Console, max_rows: i
     lines: list[Text] = []
     head = Text()
     head.append(f"gradcheck {report.tool_version}", style="bold")
-    head.append(f"  {m['spec']}")
+    head.append(f"  {_t(m['spec'])}")
     lines += _wrap(console, head, width, indent=2)
     trainable = ("all trainable" if m["trainable_parameters"] == m["parameters"]
                  else f"{fmt(m['trainable_parameters'])} trainable")
-    lines += _field(console, "model", f"{m['class']}, {plural(m['layers_measured'], 'layer')} measured, "
+    lines += _field(console, "model", f"{_t(m['class'])}, {plural(m['layers_measured'], 'layer')} measured, "
                     f"{fmt(m['parameters'])} parameters ({trainable})", width)
-    lines += _field(console, "batch", str(s["batch"]), width)
-    lines += _field(console, "loss", str(s["loss"]), width)
+    lines += _field(console, "batch", _t(s["batch"]), width)
+    lines += _field(console, "loss", _t(s["loss"]), width)
     lines += _field(console, "run", f"{plural(s['steps'], 'step')}, seed {s['seed']}, {s['device']}; "
                     f"{t.get('total_s', 0):.2f} s (load {t.get('load_s', 0):.2f}, passes {t.get('passes_s', 0):.2f}, "
                     f"analysis {t.get('analysis_s', 0):.2f})", width)
@@ -352,7 +353,7 @@ def report_lines(report: Report, view: ReportView, console: Console, max_rows: i
         lines += _wrap(console, Text(legend + ".", style="dim"), width)
         lines.append(Text())
     for note in report.notes:
-        lines += _wrap(console, Text(f"note: {note}", style="yellow"), width, indent=6)
+        lines += _wrap(console, Text(f"note: {_t(note)}", style="yellow"), width, indent=6)
     findings = report.active_findings()
     if findings:
         lines.append(Text("Findings", style="bold underline"))
@@ -361,17 +362,17 @@ def report_lines(report: Report, view: ReportView, console: Console, max_rows: i
         line.append(f"{f.severity.value.upper():7}", style=_SEV_STYLE[f.severity])
         line.append(f" {f.code} {f.rule}", style="bold")
         if f.layer is not None:
-            line.append(f" at {f.layer or '(model)'}")
+            line.append(f" at {_t(f.layer or '(model)')}")
         if f.location:
-            line.append(f" ({f.location['file']}:{f.location['line']})", style="dim")
+            line.append(f" ({_t(f.location['file'])}:{f.location['line']})", style="dim")
         lines += _wrap(console, line, width, indent=8)
         pad = 2 + LABEL
-        lines += _wrap(console, Text(f.message), width, indent=pad, first=Text(" " * pad))
+        lines += _wrap(console, Text(_t(f.message)), width, indent=pad, first=Text(" " * pad))
         if f.evidence:
-            lines += _wrap(console, Text(_evidence_line(f.evidence), style="dim"), width, indent=pad,
+            lines += _wrap(console, Text(_t(_evidence_line(f.evidence)), style="dim"), width, indent=pad,
                            first=Text(f"  {'evidence':<{LABEL}}", style="dim"))
         for i, fix in enumerate(f.fixes, 1):
-            lines += _wrap(console, Text(fix, style="green"), width, indent=pad,
+            lines += _wrap(console, Text(_t(fix), style="green"), width, indent=pad,
                            first=Text(f"  {'fix ' + str(i):<{LABEL}}", style="dim"))
         lines.append(Text())
     suppressed = report.suppressed_findings()
@@ -380,8 +381,8 @@ def report_lines(report: Report, view: ReportView, console: Console, max_rows: i
         for f in suppressed:
             line = Text()
             line.append(f"{f.severity.value.upper():7}", style="dim")
-            line.append(f" {f.code} {f.rule}" + (f" at {f.layer or '(model)'}" if f.layer is not None else ""))
-            line.append(f": {f.suppressed['by']}, {f.suppressed['reason']}", style="dim")
+            line.append(f" {f.code} {f.rule}" + (f" at {_t(f.layer or '(model)')}" if f.layer is not None else ""))
+            line.append(f": {f.suppressed['by']}, {_t(f.suppressed['reason'])}", style="dim")
             lines += _wrap(console, line, width, indent=8)
         lines.append(Text())
     verdict = Text()

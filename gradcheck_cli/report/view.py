@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gradcheck_cli.findings import Report
+from gradcheck_cli.report.escape import terminal as _t
 from gradcheck_cli.numbers import fmt
 
 ROOT = "(model)"
@@ -76,7 +77,7 @@ class ReportView:
 
 
 def display_name(name: str | None) -> str:
-    return ROOT if name == "" else str(name)
+    return ROOT if name == "" else _t(name)   # terminal-safe: control characters shown, escapes removed
 
 
 def layer_kind(layer: dict[str, Any]) -> str:
@@ -147,10 +148,10 @@ def build_view(report: Report) -> ReportView:
         block = blocks_by_name.get(name)
         has_weights = bool(lv.get("trainable_params"))
         layers.append(LayerView(
-            index=lv["index"], name=name, display=display_name(name), type=str(lv.get("type")),
+            index=lv["index"], name=name, display=display_name(name), type=_t(lv.get("type")),
             kind=layer_kind(lv), grad_norm=lv.get("grad_norm"), output_grad_norm=lv.get("output_grad_norm"),
             has_weights=has_weights, codes=list(flagged.get(name, [])), notes=_notes(lv), block=block,
-            local=name[len(block) + 1:] if block else display_name(name),
+            local=_t(name[len(block) + 1:]) if block else display_name(name),
             time_profile=list(lv["time_grad_profile"]) if lv.get("time_grad_profile") else None,
             time_steps=lv.get("time_steps")))
     blocks: list[BlockView] = []

@@ -6,6 +6,7 @@ Rules are pure functions of `stats.RunStats` (no torch, no printing) returning `
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -38,6 +39,9 @@ class Option:
             raise ValueError("expected an integer")
         if kind is float:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if isinstance(value, float) and not math.isfinite(value):
+                    valid = f"0 to {self.maximum:g}" if self.maximum is not None else "0 or more"
+                    raise ValueError(f"expected a finite number ({valid}), not NaN or infinity")
                 if value < 0:
                     raise ValueError("expected a non-negative number")
                 if self.maximum is not None and value > self.maximum:
