@@ -203,7 +203,8 @@ def render_report(report: Report, console: Console, max_rows: int = 40) -> None:
     head.append("loss   ", style="dim")
     head.append(f"{s['loss']}\n")
     head.append("run    ", style="dim")
-    head.append(f"{s['steps']} steps, seed {s['seed']}, {s['device']}; "
+    dist = f", {report.distribution}" if report.distribution else ""
+    head.append(f"{s['steps']} steps, seed {s['seed']}, {s['device']}{dist}; "
                 f"{t.get('total_s', 0):.2f} s (load {t.get('load_s', 0):.2f}, passes {t.get('passes_s', 0):.2f}, "
                 f"analysis {t.get('analysis_s', 0):.2f})")
     console.print(head)
