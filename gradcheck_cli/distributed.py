@@ -308,6 +308,9 @@ class RankBatches:
             total = float(sizes.sum().item())
             self.weight = first.shape[0] * self.ctx.world_size / total
             self.global_size = int(total)
+            lo = int(sizes[:self.ctx.rank].sum().item())
+            # synthetic targets: rows lo:hi of the global batch's (the ranks' parts taken in rank order)
+            batch.part = (lo, lo + first.shape[0], int(total))   # type: ignore[attr-defined]
             return batch
         b = first.shape[0]
         if b < self.ctx.world_size:

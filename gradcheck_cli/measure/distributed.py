@@ -11,8 +11,9 @@ losses are means over their slices, and the global loss is their mean, as under 
 - dLoss/dOutput (key "g") and the recurrent per-time-step profiles are local: rank r's slice of the
   global activation gradient is 1/N of its local one, so their sums of squares add up over ranks and are
   divided by N**2;
-- the loss is summed and divided by N (the mean of the ranks' losses);
-- counts (calls, saturated outputs) add up; NaN/Inf flags by max; "dead" (units not yet seen above 0) by
+- the loss is summed and divided by N (the mean of the ranks' losses), and so are the forward calls of
+  a layer (every rank runs the same forward once per step);
+- counts (saturated outputs and the outputs seen) add up; NaN/Inf flags by max; "dead" (units not yet seen above 0) by
   min, and the per-unit masks at the end by max: a unit is dead only if it is dead on every rank;
 - the first NaN/Inf (forward and backward order) is the earliest over ranks; which rank saw it first is
   kept in `onset_rank`.
@@ -37,6 +38,7 @@ from gradcheck_cli.measure.record import KEYS, Reduce, StepRecord
 
 _OPS = {Reduce.SUM: "SUM", Reduce.MAX: "MAX", Reduce.MIN: "MIN", Reduce.ANY: "MAX"}
 LOCAL_GRAD_KEYS = ("g",)   # gradients of the rank's own loss (not averaged by the backward)
+PER_RANK_MEAN_KEYS = ("loss", "calls")   # summed, then divided by N: the mean loss, calls per forward
 
 
 class LayoutMismatch(RuntimeError):
@@ -103,7 +105,7 @@ def reduce_record(record: StepRecord, group: Any = None, *, grads: str = "replic
     for slot, key, off, length, _ in record.entries:
         if key in LOCAL_GRAD_KEYS:
             out[off:off + length] = [v * inv_n2 for v in out[off:off + length]]
-        elif key == "loss":
+        elif key in PER_RANK_MEAN_KEYS:
             out[off:off + length] = [v / n for v in out[off:off + length]]
     return StepRecord(entries=list(record.entries), values=out)
 
