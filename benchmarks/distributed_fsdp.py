@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2, help="global batch (sequences)")
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: NCCL under torchrun (LOCAL_RANK's GPU); memory then from torch.cuda")
     args = ap.parse_args()
 
     import torch
@@ -64,7 +66,7 @@ def main() -> None:
     from gradcheck_cli.pipeline import check_loaded
 
     hidden, inter, layers, heads, kv, vocab = PRESETS[args.preset]
-    ctx = distributed.start(args.fsdp, "cpu", None) if distributed.requested(args.fsdp) else None
+    ctx = distributed.start(args.fsdp, args.device, None) if distributed.requested(args.fsdp) else None
     t0 = time.perf_counter()
     torch.manual_seed(0)
     cfg = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
@@ -73,7 +75,9 @@ def main() -> None:
     model = LlamaForCausalLM(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     source = SyntheticBatches(shape=(args.batch, args.seq), seed=0, float_dtype=torch.float32, vocab=vocab)
-    device = torch.device("cpu")
+    device = (ctx.device if ctx is not None and ctx.device is not None else torch.device(args.device))
+    if device.type == "cuda":
+        model.to(device)
     driver = None
     if ctx is not None:
         model = distributed.prepare_model(model, ctx, device)
@@ -82,9 +86,13 @@ def main() -> None:
     gc.collect()
     rss_model = status("VmRSS")
     reset_peak()
-    s = Settings(model=f"llama-{args.preset}", steps=args.steps, device="cpu")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        rss_model = torch.cuda.memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
+    s = Settings(model=f"llama-{args.preset}", steps=args.steps, device=device.type)
     report = check_loaded(model, source, losses.resolve(None), s, device, t0, dist=driver)
-    peak = status("VmHWM")
+    peak = status("VmHWM") if device.type == "cpu" else torch.cuda.max_memory_allocated() / 2**30
     rank = ctx.rank if ctx else 0
     world = ctx.world_size if ctx else 1
     print(f"rank {rank}/{world} {ctx.strategy if ctx else 'single'} preset {args.preset} params {n_params / 1e9:.3f}e9 "

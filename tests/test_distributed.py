@@ -29,7 +29,7 @@ MODELS = [
 
 
 def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="80", PYTHONHASHSEED="0")
+    env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200", PYTHONHASHSEED="0")
     env.pop("WORLD_SIZE", None)
     return env
 

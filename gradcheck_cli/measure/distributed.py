@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from gradcheck_cli import stats as S
+from gradcheck_cli.errors import UserCodeError
 from gradcheck_cli.measure import kernels as K
 from gradcheck_cli.measure.passes import Monitor
 from gradcheck_cli.measure.record import KEYS, Reduce, StepRecord
@@ -41,8 +42,13 @@ LOCAL_GRAD_KEYS = ("g",)   # gradients of the rank's own loss (not averaged by t
 PER_RANK_MEAN_KEYS = ("loss", "calls")   # summed, then divided by N: the mean loss, calls per forward
 
 
-class LayoutMismatch(RuntimeError):
+class LayoutMismatch(UserCodeError):
     """The ranks measured different things in one step (their forwards took different paths)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, phase="backward",
+                         hint="the ranks must run the same layers and ops on every step; check the model's "
+                              "rank- or data-dependent branches")
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
