@@ -29,13 +29,16 @@ FRACTION_TOLERANCE = 0.05
 # rule code -> ordered (evidence key, direction, kind): the first key present is the finding's number.
 # direction +1: larger is worse; -1: smaller is worse.
 METRICS: dict[str, tuple[tuple[str, int, str], ...]] = {
-    "GC101": (("ratio", -1, "ratio"), ("time_ratio", -1, "ratio")),
-    "GC102": (("ratio", +1, "ratio"), ("time_ratio", +1, "ratio"), ("total_grad_norm", +1, "ratio")),
+    "GC101": (("early_late_ratio", -1, "ratio"), ("time_grad_ratio", -1, "ratio")),
+    "GC102": (("early_late_ratio", +1, "ratio"), ("time_grad_ratio", +1, "ratio"), ("total_grad_norm", +1, "ratio")),
     "GC103": (("nonfinite_loss_steps", +1, "count"),),
     "GC104": (("saturated_fraction", +1, "fraction"),),
     "GC105": (("dead_units", +1, "fraction"),),
     "GC106": (("parameters", +1, "count"),),
 }
+
+# Evidence keys renamed since baselines were first written (they collided with the rules' option names).
+RENAMED_METRICS = {"ratio": "early_late_ratio", "time_ratio": "time_grad_ratio"}
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,9 @@ def read_baseline(path: Path) -> list[dict[str, Any]]:
                 or e["severity"] not in [s.value for s in Severity]:
             raise InputError(f"{path}: findings[{i}] is malformed (needs model, code, layer, severity)",
                              hint="re-create it with --write-baseline")
+        metric_ = e.get("metric")
+        if isinstance(metric_, dict) and metric_.get("name") in RENAMED_METRICS:
+            metric_["name"] = RENAMED_METRICS[metric_["name"]]
     return doc["findings"]
 
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -12,10 +13,11 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 from typing_extensions import Annotated
 
 from gradcheck_cli import __version__
+from gradcheck_cli.choices import DEVICES, FORMATS, SUFFIXES
 from gradcheck_cli.errors import EXIT_USAGE, GradcheckError, InputError, exc_line
 from gradcheck_cli.findings import FailOn
 
@@ -43,12 +45,64 @@ class _Group(TyperGroup):
                 typer.echo(exc.ctx.get_help() if exc.ctx else "")
                 sys.exit(EXIT_USAGE)
             cmd = exc.ctx.command_path if exc.ctx else "gradcheck"
-            err.print(f"error: {exc.format_message()} (see '{cmd} --help')", markup=False)
+            err.print(f"error: {plain_usage_message(exc.format_message(), args)} (see '{cmd} --help')",
+                      markup=False)
             sys.exit(EXIT_USAGE)
         except typer.Abort:
             err.print("error: aborted")
             sys.exit(130)   # not 1, which means "findings"
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+_INVALID = re.compile(r"Invalid value for (?P<opt>'[^']+'(?: / '[^']+')*): (?P<detail>.*)", re.S)
+
+
+def plain_usage_message(message: str, args: list[str] | None = None) -> str:
+    """The option parser's messages in plain words: "--steps: expected a whole number, got 'abc'" instead of
+    the validation library's "Input should be a valid integer, unable to parse string as an integer"."""
+    m = _INVALID.fullmatch(message.strip())
+    if not m:
+        return message
+    names = re.findall(r"'([^']+)'", m["opt"])
+    opt = next((n for n in names if n.startswith("--")), names[0])
+    detail = m["detail"].strip()
+    got = _given_value(names, args or sys.argv[1:])
+    got_part = f", got {got!r}" if got is not None else ""
+    if "valid integer" in detail:
+        return f"{opt}: expected a whole number{got_part}"
+    if "valid number" in detail:
+        return f"{opt}: expected a number{got_part}"
+    bound = re.search(r"greater than or equal to (\S+)", detail)
+    if bound:
+        return f"{opt}: must be at least {bound[1]}{got_part}"
+    bound = re.search(r"greater than (\S+)", detail)
+    if bound:
+        return f"{opt}: must be more than {bound[1]}{got_part}"
+    choice = re.search(r"'([^']*)' is not one of (.*?)\.?$", detail)
+    if choice:
+        allowed = ", ".join(re.findall(r"'([^']*)'", choice[2]))
+        return f"{opt}: {choice[1]!r} is not one of {allowed}"
+    return f"{opt}: {detail.removeprefix('Value error, ')}"
+
+
+def _given_value(names: list[str], args: list[str]) -> str | None:
+    """The value given on the command line for an option (its last occurrence), if it can be found."""
+    found = None
+    for i, a in enumerate(args):
+        for n in names:
+            if a == n and i + 1 < len(args):
+                found = args[i + 1]
+            elif a.startswith(n + "="):
+                found = a[len(n) + 1:]
+    return found
+
+
+class _Command(TyperCommand):
+    """Plain help without the type placeholder Typer puts after an argument's name (`MODEL <str>`)."""
+
+    def get_help(self, ctx) -> str:  # noqa: ANN001
+        return re.sub(r"^(  [A-Z_]+) <[a-z]+>", lambda m: m[1] + " " * (len(m[0]) - len(m[1])),
+                      super().get_help(ctx), flags=re.M)
 
 
 app = typer.Typer(
@@ -60,23 +114,14 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,   # plain help: wrapped at word boundaries, no boxes, no <type> placeholders
 )
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-class OutputFormat(str, Enum):
-    text = "text"
-    json = "json"
-    sarif = "sarif"
-    junit = "junit"
-    markdown = "markdown"
-    html = "html"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+# Option types built from the one list of choices (gradcheck_cli.choices).
+OutputFormat = Enum("OutputFormat", {f: f for f in FORMATS}, type=str, module=__name__)
+Device = Enum("Device", {d: d for d in DEVICES}, type=str, module=__name__)
 
 
 def _version(value: bool) -> None:
@@ -105,47 +150,51 @@ def _fail(exc: GradcheckError, verbose: bool) -> None:
     raise typer.Exit(exc.exit_code)
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@app.command(cls=_Command, epilog=EXIT_CODES_HELP, short_help="Check a model and report gradient problems.")
 def check(
     model: Annotated[Optional[str], typer.Argument(
         help="The model: path/to/file.py:NAME or package.module:NAME (an nn.Module subclass, a zero-argument "
              "factory, or an instance). Omit it to check every model listed under models: in the config.",
         show_default=False, metavar="MODEL")] = None,
     batch: Annotated[Optional[str], typer.Option(
-        help="Batch: a .pt/.pth (loaded with weights_only=True), .npz or .npy file, or a file.py:NAME callable "
+        metavar="SPEC", help="Batch: a .pt/.pth (loaded with weights_only=True), .npz or .npy file, or a file.py:NAME callable "
              "returning a tensor, an (inputs, targets) pair, or a dict of keyword arguments.")] = None,
     loss: Annotated[Optional[str], typer.Option(
-        help="cross-entropy, mse, bce-with-logits, or file.py:NAME (output, target) -> scalar. Default: the "
+        metavar="SPEC", help="cross-entropy, mse, bce-with-logits, or file.py:NAME (output, target) -> scalar. Default: the "
              "output's own .loss, else cross-entropy for class targets, else MSE.")] = None,
     input_shape: Annotated[Optional[str], typer.Option(
-        "--input-shape", help="Synthetic input shape, batch first, e.g. 8,3,32,32 (inferred from the first "
+        "--input-shape", metavar="SHAPE", help="Synthetic input shape, batch first, e.g. 8,3,32,32 (inferred from the first "
                               "layer when omitted).")] = None,
-    steps: Annotated[Optional[int], typer.Option(min=1, help="Forward/backward passes to aggregate \\[default: 3].")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Forward/backward passes to aggregate [default:\u00a03].")] = None,
     format: Annotated[Optional[OutputFormat], typer.Option(
         "--format", "-f", help="Report format on the screen, and for --output paths given without FORMAT: "
-                               "\\[default: text].")] = None,
+                               "[default:\u00a0text].")] = None,
     output: Annotated[Optional[List[str]], typer.Option(
-        "--output", "-o", metavar="[FORMAT:]PATH", help="Write a report file (atomically), repeatable: FORMAT:PATH (formats: text, json, "
-                               "sarif, junit, markdown, html) or PATH (format from --format, else from the "
-                               "suffix: .json .sarif .xml .md .html). The text report still goes to the "
-                               "screen.")] = None,
+        "--output", "-o", metavar="[FORMAT:]PATH", help="Write a report file (atomically), repeatable: FORMAT:PATH (formats: "
+                               f"{', '.join(FORMATS)}) or PATH (format from --format, else from the suffix: "
+                               f"{' '.join(s for s in SUFFIXES if s not in ('.markdown', '.htm', '.txt'))}). "
+                               "The text report still goes to the screen.")] = None,
     config: Annotated[Optional[Path], typer.Option(
-        help="YAML config file \\[default: ./gradcheck.yaml when present].")] = None,
+        metavar="PATH", help="YAML config file [default:\u00a0./gradcheck.yaml when present].")] = None,
     fail_on: Annotated[Optional[FailOn], typer.Option(
-        "--fail-on", help="Lowest severity that makes the exit code 1 \\[default: warning].")] = None,
+        "--fail-on", help="Lowest severity that makes the exit code 1 [default:\u00a0warning].")] = None,
     baseline: Annotated[Optional[Path], typer.Option(
-        help="Baseline file from --write-baseline: findings in it that are not worse do not count toward "
+        metavar="PATH", help="Baseline file from --write-baseline: findings in it that are not worse do not count toward "
              "the exit code (they are listed as suppressed).")] = None,
     write_baseline: Annotated[Optional[Path], typer.Option(
-        "--write-baseline", help="Record this run's findings as the new baseline (they are then suppressed "
+        "--write-baseline", metavar="PATH", help="Record this run's findings as the new baseline (they are then suppressed "
                                  "in this run too).")] = None,
-    seed: Annotated[Optional[int], typer.Option(min=0, help="Seed for synthetic batches and dropout \\[default: 0].")] = None,
-    device: Annotated[Optional[Device], typer.Option(help="Where to run the passes \\[default: auto].")] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0, metavar="N", help="Seed for synthetic batches and dropout [default:\u00a00].")] = None,
+    device: Annotated[Optional[Device], typer.Option(help="Where to run the passes [default:\u00a0auto].")] = None,
     max_rows: Annotated[Optional[int], typer.Option(
-        "--max-rows", min=0, help="Layer-table rows in the text report (0 = all) \\[default: 40].")] = None,
+        "--max-rows", min=0, metavar="N", help="Layer-table rows in the text report (0 = all) [default:\u00a040].")] = None,
     timeout: Annotated[Optional[float], typer.Option(
-        min=0.001, help="Stop with exit 3, naming the phase, when the run takes longer than this many seconds "
-                        "(a forward pass that never returns); for CI \\[default: off].")] = None,
+        min=0.001, metavar="SECONDS", help="Stop with exit 3, naming the phase, when the run takes longer than this many seconds "
+                        "(a forward pass that never returns); for CI [default:\u00a0off].")] = None,
+    color: Annotated[Optional[bool], typer.Option(
+        "--color/--no-color", show_default=False,
+        help="Colour the text report. Default: colour on a terminal unless NO_COLOR is set; FORCE_COLOR=1 "
+             "forces it (for CI logs that show ANSI colours).")] = None,
     fsdp: Annotated[bool, typer.Option(
         "--fsdp", help="Under torchrun: shard the model with FSDP2 (fully_shard on each repeated block and the "
                        "root) instead of plain data parallel.")] = False,
@@ -171,7 +220,7 @@ def check(
     _state["rank"] = ctx.rank if ctx is not None else 0
     try:
         _check(model, batch, loss, input_shape, steps, format, output, config, fail_on, baseline, write_baseline,
-               seed, device, max_rows, timeout, verbose, ctx)
+               seed, device, max_rows, timeout, color, verbose, ctx)
     except typer.Exit as done:
         code = done.exit_code
         if ctx is not None:
@@ -189,7 +238,7 @@ def _main_rank() -> bool:
 
 
 def _check(model, batch, loss, input_shape, steps, format, output, config, fail_on, baseline,  # noqa: ANN001
-           write_baseline, seed, device, max_rows, timeout, verbose, ctx) -> None:
+           write_baseline, seed, device, max_rows, timeout, color, verbose, ctx) -> None:
     from gradcheck_cli import config as cfg
     from gradcheck_cli.batches_shape import parse_shape
     from gradcheck_cli.findings import Suite
@@ -233,7 +282,7 @@ def _check(model, batch, loss, input_shape, steps, format, output, config, fail_
             written = bl.write_baseline(suite, write_baseline)
             if entries is None:   # what was just recorded is accepted in this run too
                 bl.apply_baseline(suite, written, str(write_baseline))
-        _emit(suite, settings, target["outputs"])
+        _emit(suite, settings, target["outputs"], color)
     except GradcheckError as exc:
         _fail(exc, verbose)
     raise typer.Exit(suite.exit_code)
@@ -360,7 +409,7 @@ def _check_output_path(output: Path | str | None, flag: str = "--output") -> Non
         raise InputError(f"cannot write {path}: permission denied", hint=f"choose another {flag}")
 
 
-def _emit(suite, settings, outputs: list[tuple[str, Path]]) -> None:
+def _emit(suite, settings, outputs: list[tuple[str, Path]], color: bool | None = None) -> None:
     import os
 
     if not _main_rank():   # under torchrun, rank 0 writes the reports
@@ -373,7 +422,7 @@ def _emit(suite, settings, outputs: list[tuple[str, Path]]) -> None:
         except OSError as exc:
             raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
     screen = "text" if outputs else settings.format
-    renderers.render(suite, screen, sys.stdout, max_rows=settings.max_rows)
+    renderers.render(suite, screen, sys.stdout, max_rows=settings.max_rows, color=color)
     if os.environ.get("GITHUB_ACTIONS") == "true":
         from gradcheck_cli.report.github import annotations
 
@@ -384,7 +433,7 @@ def _emit(suite, settings, outputs: list[tuple[str, Path]]) -> None:
         stream.flush()
 
 
-@app.command("rules")
+@app.command("rules", short_help="List every rule.")
 def list_rules() -> None:
     """List every rule: id, code, default severity and a one-line summary."""
     from rich.table import Table
@@ -401,8 +450,8 @@ def list_rules() -> None:
     Console(highlight=False).print(table)
 
 
-@app.command()
-def explain(rule: Annotated[str, typer.Argument(help="Rule id (e.g. vanishing-gradients) or code (GC101).")]) -> None:
+@app.command(cls=_Command, short_help="Show a rule's documentation.")
+def explain(rule: Annotated[str, typer.Argument(metavar="RULE", help="Rule id (e.g. vanishing-gradients) or code (GC101).")]) -> None:
     """Show a rule's full documentation: what it does, why it matters, example, fixes, options."""
     from rich.text import Text
 

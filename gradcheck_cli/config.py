@@ -11,12 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gradcheck_cli.choices import DEVICES, FAIL_ON, FORMATS
 from gradcheck_cli.errors import InputError
 from gradcheck_cli.findings import FailOn, Severity
 
 DEFAULT_CONFIG_NAME = "gradcheck.yaml"
-FORMATS = ("text", "json", "sarif", "junit", "markdown", "html")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -102,7 +101,7 @@ def _shape(path: str, key: str, v: Any) -> tuple[int, ...]:
 TOP_KEYS: dict[str, Any] = {
     "steps": lambda p, k, v: _int(p, k, v, 1),
     "seed": lambda p, k, v: _int(p, k, v, 0),
-    "fail_on": lambda p, k, v: FailOn(_choice(p, k, v, tuple(f.value for f in FailOn))),
+    "fail_on": lambda p, k, v: FailOn(_choice(p, k, v, FAIL_ON)),
     "input_shape": _shape,
     "batch": _str,
     "loss": _str,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
 from gradcheck_cli import __version__
+from gradcheck_cli.choices import FAIL_ON
 
 SCHEMA_VERSION = 1
 
@@ -22,16 +24,13 @@ class Severity(str, Enum):
         return {"info": 1, "warning": 2, "error": 3}[self.value]
 
 
-class FailOn(str, Enum):
-    """The lowest severity that makes `gradcheck check` exit 1."""
-
-    ERROR = "error"
-    WARNING = "warning"
-    INFO = "info"
-    NEVER = "never"
-
+class _FailOnValue(str):
     def threshold(self) -> int | None:
-        return None if self is FailOn.NEVER else Severity(self.value).rank
+        return None if self.value == "never" else Severity(self.value).rank
+
+
+# The lowest severity that makes `gradcheck check` exit 1 (values from gradcheck_cli.choices.FAIL_ON).
+FailOn = Enum("FailOn", [(v.upper(), v) for v in FAIL_ON], type=_FailOnValue, module=__name__)
 
 
 @dataclass
@@ -48,15 +47,29 @@ class Finding:
     # Set when the finding does not count toward the exit code:
     # {"by": "baseline" | "ignore", "reason": str}.
     suppressed: dict[str, Any] | None = None
+    # Every layer the finding covers (`layer` first), e.g. all the saturated layers, not only the first.
+    layers: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.layers and self.layer is not None:
+            self.layers = [self.layer]
 
     @property
     def active(self) -> bool:
         return self.suppressed is None
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON: plain text (the `code` spans of message and fixes lose their Markdown backticks)."""
         d = asdict(self)
         d["severity"] = self.severity.value
+        d["message"] = plain_text(self.message)
+        d["fixes"] = [plain_text(x) for x in self.fixes]
         return d
+
+
+def plain_text(text: str) -> str:
+    """Rule messages mark names as `code` (Markdown and HTML render it); machine formats get the text alone."""
+    return re.sub(r"`([^`]+)`", r"\1", text)
 
 
 @dataclass
@@ -83,11 +96,12 @@ class Report:
         return [f for f in self.sorted_findings() if not f.active]
 
     def flagged_layers(self) -> dict[str, list[str]]:
-        """Layer name -> codes of the findings that count and name it (renderers mark these layers)."""
+        """Layer name -> codes of the findings that count and cover it (renderers mark these layers)."""
         out: dict[str, list[str]] = {}
         for f in self.active_findings():
-            if f.layer is not None and f.code not in out.setdefault(f.layer, []):
-                out[f.layer].append(f.code)
+            for name in f.layers:
+                if f.code not in out.setdefault(name, []):
+                    out[name].append(f.code)
         return out
 
     @property

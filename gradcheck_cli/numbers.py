@@ -15,7 +15,7 @@ def fmt(x: Any, sci_digits: int = 2) -> str:
     if isinstance(x, bool):
         return str(x).lower()
     if isinstance(x, int):
-        return f"{x:,}" if abs(x) >= 10000 else str(x)
+        return f"{x:,}"   # thousands separators on every integer of 1,000 or more
     if math.isnan(x):
         return "NaN"
     if math.isinf(x):
@@ -27,8 +27,12 @@ def fmt(x: Any, sci_digits: int = 2) -> str:
     return f"{x:.{sci_digits}e}"
 
 
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """'1 layer', '2 layers', '1,000 layers' (`words`: an irregular plural)."""
+    return f"{fmt(n)} {word if n == 1 else (words or word + 's')}"
+
+
 def count_phrase(counts: dict[str, int], suppressed: int = 0) -> str:
     """'0 errors, 1 warning, 2 info' (+ ', 3 suppressed'): the summary line every renderer shows."""
-    out = (f"{counts['error']} error{'' if counts['error'] == 1 else 's'}, "
-           f"{counts['warning']} warning{'' if counts['warning'] == 1 else 's'}, {counts['info']} info")
+    out = f"{plural(counts['error'], 'error')}, {plural(counts['warning'], 'warning')}, {counts['info']} info"
     return out + (f", {suppressed} suppressed" if suppressed else "")

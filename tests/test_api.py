@@ -45,7 +45,7 @@ def test_check_returns_the_report_the_cli_renders():
     report = check(sigmoid_stack(), (torch.randn(8, 32), torch.randint(0, 3, (8,))))
     assert report.verdict == "fail" and report.exit_code == 1
     (f,) = [f for f in report.findings if f.rule == "vanishing-gradients"]
-    assert f.layer == "0" and f.evidence["ratio"] < 1e-3 and f.fixes
+    assert f.layer == "0" and f.evidence["early_late_ratio"] < 1e-3 and f.fixes
     doc = report.to_dict()
     assert doc["schema_version"] == 1 and doc["summary"]["exit_code"] == 1
     assert [l["name"] for l in doc["layers"]][:2] == ["0", "1"]

@@ -474,7 +474,7 @@ def test_json_findings_of_vanishing_example():
     doc = json.loads(check(ex("vanishing_sigmoid_mlp.py:build"), "-f", "json").stdout)
     (f,) = doc["findings"]
     assert (f["rule"], f["code"], f["severity"], f["layer"]) == ("vanishing-gradients", "GC101", "error", "0")
-    assert f["evidence"]["ratio"] < f["evidence"]["error_threshold"]
+    assert f["evidence"]["early_late_ratio"] < f["evidence"]["error_threshold"]
 
 
 def test_json_respects_steps_and_seed(model_py):

@@ -55,7 +55,7 @@ def test_broken_example_fires_its_rule(spec, extra, rule, layer, severity):
 def test_vanishing_example_ratio_is_tiny():
     (f,) = [f for f in check(str(EXAMPLES / "vanishing_sigmoid_mlp.py:build")).findings
             if f.rule == "vanishing-gradients"]
-    assert f.evidence["ratio"] < 1e-6
+    assert f.evidence["early_late_ratio"] < 1e-6
     assert "Sigmoid" in f.fixes[0]
 
 
@@ -63,13 +63,13 @@ def test_rnn_vanishing_is_through_time():
     (f,) = [f for f in check(str(EXAMPLES / "rnn_vanishing.py:Net"), input_shape=(8, 100, 16)).findings
             if f.rule == "vanishing-gradients"]
     assert f.evidence["time_steps"] == 100 and f.evidence["cell"] == "RNN"
-    assert f.evidence["time_ratio"] < 1e-3
+    assert f.evidence["time_grad_ratio"] < 1e-3
 
 
 def test_rnn_exploding_through_time_evidence():
     hits = [f for f in check(str(EXAMPLES / "rnn_exploding.py:Net"), input_shape=(8, 100, 16)).findings
-            if f.rule == "exploding-gradients" and "time_ratio" in f.evidence]
-    assert hits and hits[0].evidence["time_ratio"] > 1e3
+            if f.rule == "exploding-gradients" and "time_grad_ratio" in f.evidence]
+    assert hits and hits[0].evidence["time_grad_ratio"] > 1e3
     assert hits[0].evidence["weight_hh_sigma_max"] == pytest.approx(1.15, rel=1e-3)
 
 

@@ -529,7 +529,8 @@ def test_example_workflow_uses_real_flags_and_a_valid_config(monkeypatch):
 
 def test_help_shows_defaults_and_the_output_syntax():
     # Rich markup once swallowed "[default: 3]" as a tag; the brackets are escaped now.
-    text = runner.invoke(app, ["check", "--help"], env={"COLUMNS": "250"}).output
+    # "[default:\u00a03]": a no-break space keeps the default on one line of the wrapped help.
+    text = runner.invoke(app, ["check", "--help"], env={"COLUMNS": "250"}).output.replace("\u00a0", " ")
     for default in ("[default: 3]", "[default: text]", "[default: warning]", "[default: 40]"):
         assert default in text, default
     assert "[FORMAT:]PATH" in text and "--write-baseline" in text and "--baseline" in text

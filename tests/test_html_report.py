@@ -421,6 +421,6 @@ def test_layer_table_in_details():
     cells = [[td.text() for td in r.find_all("td")] for r in rows]
     assert [row[1] for row in cells] == [lv["name"] for lv in report.layers]
     assert cells[0][:5] == ["0", "net.0", "Linear", "2.10e-08", "1.00e-08"]
-    assert cells[9][5] == "saturated 72%; GC104"
+    assert cells[9][5] == "sat 72%; GC104"   # the same note text as the terminal table
     assert [i for i, r in enumerate(rows) if "flagged" in r.classes] == [0, 9, 10]
     assert [th.text() for th in details.find_all("th")] == ["#", "layer", "type", "|∇W|", "|∂L/∂y|", "notes"]

@@ -175,7 +175,7 @@ def test_healthy_stats_give_no_findings():
 def test_vanishing_warning_below_ratio():
     (f,) = VANISHING.check(depth_stats(1e-4, activation=S.SIGMOID))
     assert_well_formed(f, VANISHING, Severity.WARNING, "layers.0")
-    assert f.evidence["ratio"] == pytest.approx(1e-4, rel=1e-9)
+    assert f.evidence["early_late_ratio"] == pytest.approx(1e-4, rel=1e-9)
     assert f.evidence["threshold"] == 1e-3
     assert "1.00e-04" in f.message
     # The sigmoid stack is named in the first fix.
@@ -185,7 +185,7 @@ def test_vanishing_warning_below_ratio():
 def test_vanishing_error_below_error_ratio():
     (f,) = VANISHING.check(depth_stats(1e-7))
     assert_well_formed(f, VANISHING, Severity.ERROR, "layers.0")
-    assert f.evidence["ratio"] == pytest.approx(1e-7, rel=1e-9)
+    assert f.evidence["early_late_ratio"] == pytest.approx(1e-7, rel=1e-9)
     assert f.evidence["error_threshold"] == 1e-6
 
 
@@ -212,7 +212,7 @@ def test_vanishing_needs_min_layers():
     stats = depth_stats(1e-5, n=2)
     assert VANISHING.check(stats) == []
     (f,) = VANISHING.check(stats, {"min_layers": 2})
-    assert f.evidence["ratio"] == pytest.approx(1e-5)
+    assert f.evidence["early_late_ratio"] == pytest.approx(1e-5)
 
 
 def test_vanishing_ignores_layers_without_a_positive_finite_gradient():
@@ -227,7 +227,7 @@ def test_vanishing_ignores_layers_without_a_positive_finite_gradient():
 def test_vanishing_through_time_rnn_is_a_warning():
     (f,) = VANISHING.check(rnn_stats("RNN", 1e-5))
     assert_well_formed(f, VANISHING, Severity.WARNING, "rnn")
-    assert f.evidence["time_ratio"] == 1e-5
+    assert f.evidence["time_grad_ratio"] == 1e-5
     assert f.evidence["threshold"] == 1e-3
     assert f.evidence["time_steps"] == 100
     assert any("LSTM" in fix for fix in f.fixes)
@@ -257,7 +257,7 @@ def test_vanishing_through_time_bidirectional_uses_min_max():
     # Bidirectional: earliest/latest means nothing (each direction has its own end), min/max is judged.
     assert VANISHING.check(rnn_stats("RNN", 1e-6, bidirectional=True, min_max=0.2)) == []
     (f,) = VANISHING.check(rnn_stats("RNN", 0.9, bidirectional=True, min_max=1e-6))
-    assert f.evidence["time_ratio"] == 1e-6
+    assert f.evidence["time_grad_ratio"] == 1e-6
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -267,7 +267,7 @@ def test_vanishing_through_time_bidirectional_uses_min_max():
 def test_exploding_depth_warning():
     (f,) = EXPLODING.check(depth_stats(1e4, activation=S.RELU))
     assert_well_formed(f, EXPLODING, Severity.WARNING, "layers.0")
-    assert f.evidence["ratio"] == pytest.approx(1e4, rel=1e-9)
+    assert f.evidence["early_late_ratio"] == pytest.approx(1e4, rel=1e-9)
     assert f.evidence["threshold"] == 1e3
     assert any("clip_grad_norm_" in fix for fix in f.fixes)
 
@@ -333,7 +333,7 @@ def test_exploding_global_grad_norm_overflow_without_nonfinite_values():
 def test_exploding_through_time_rnn():
     (f,) = EXPLODING.check(rnn_stats("RNN", 2e5))
     assert_well_formed(f, EXPLODING, Severity.WARNING, "rnn")
-    assert f.evidence["time_ratio"] == 2e5
+    assert f.evidence["time_grad_ratio"] == 2e5
     assert f.evidence["threshold"] == 1e3
     assert any("LSTM" in fix for fix in f.fixes)
 
@@ -568,7 +568,7 @@ def test_unused_parameters_never_grad():
     assert_well_formed(f, UNUSED, Severity.WARNING, "aux_head")
     assert f.evidence["parameters"] == ["aux_head.weight", "aux_head.bias"]
     assert f.evidence["modules"] == ["aux_head"]
-    assert "2 trainable parameters" in f.message and "`aux_head`" in f.message
+    assert "2 trainable parameter tensors" in f.message and "`aux_head`" in f.message
     assert any("requires_grad_(False)" in fix for fix in f.fixes)
 
 

@@ -28,7 +28,7 @@ def test_vanishing_fires_iff_ratio_below_threshold(early, n):
     if early < 1e-3:
         assert len(found) == 1
         assert found[0].severity is (Severity.ERROR if early < 1e-6 else Severity.WARNING)
-        assert found[0].evidence["ratio"] == pytest.approx(early, rel=1e-6)
+        assert found[0].evidence["early_late_ratio"] == pytest.approx(early, rel=1e-6)
     else:
         assert found == []
 

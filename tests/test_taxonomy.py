@@ -168,7 +168,7 @@ CASES = [
     ("output path is a directory", ["good.py:build", "-o", "a_directory"], 2, ["it is a directory"]),
     # runtime
     ("out of memory", ["factories.py:Oom"], 3, ["forward failed in", "out of memory", "smaller batch"]),
-    ("--steps 0", ["good.py:build", "--steps", "0"], 2, ["--steps", "greater than or equal to 1"]),
+    ("--steps 0", ["good.py:build", "--steps", "0"], 2, ["--steps", "must be at least 1"]),
     ("--steps negative", ["good.py:build", "--steps", "-2"], 2, ["--steps"]),
     ("forward that never returns", ["factories.py:Hang", "--timeout", "1"], 3,
      ["forward failed in", "did not finish within --timeout 1 s"]),

@@ -8,8 +8,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+from gradcheck_cli.choices import FORMATS, SUFFIXES
 from gradcheck_cli.findings import FailOn, ModelError, Report, Suite, error_document
 from gradcheck_cli.report import html, json_report, junit, markdown, sarif, text
+from gradcheck_cli.report.view import build_view
 
 RENDERERS: dict[str, Callable[..., None]] = {
     "text": text.render,
@@ -20,16 +22,17 @@ RENDERERS: dict[str, Callable[..., None]] = {
     "html": html.render,
 }
 
-# `--output report.sarif` without a FORMAT: prefix or --format: the format follows the file name.
-SUFFIXES: dict[str, str] = {".json": "json", ".sarif": "sarif", ".xml": "junit", ".md": "markdown",
-                            ".markdown": "markdown", ".html": "html", ".htm": "html", ".txt": "text"}
+assert tuple(RENDERERS) == FORMATS, "gradcheck_cli.choices.FORMATS and the renderer table disagree"
 
 __all__ = ["RENDERERS", "SUFFIXES", "render", "write_file", "write_error_file", "error_document", "parse_output"]
 
 
 def render(results: Report | Suite, fmt: str, out: TextIO, *, color: bool | None = None, width: int | None = None,
            max_rows: int = 40) -> None:
-    RENDERERS[fmt](Suite.of(results), out, color=color, width=width, max_rows=max_rows)
+    """Render in `fmt`. The per-layer view is built here, once per report, and every renderer reads it."""
+    suite = Suite.of(results)
+    views = [build_view(r) for r in suite.reports]
+    RENDERERS[fmt](suite, out, color=color, width=width, max_rows=max_rows, views=views)
 
 
 def parse_output(value: str, default_format: str | None) -> tuple[str, Path]:
@@ -52,7 +55,7 @@ def write_file(results: Report | Suite, fmt: str, path: Path, *, max_rows: int =
     """Write the report to `path` atomically (appended instead when `path` is $GITHUB_STEP_SUMMARY,
     which other steps' output shares)."""
     def write(fh: TextIO) -> None:
-        render(results, fmt, fh, color=False, width=100, max_rows=max_rows)
+        render(results, fmt, fh, color=False, max_rows=max_rows)   # files: not wrapped
 
     if _is_step_summary(path):
         with open(path, "a", encoding="utf-8") as fh:

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 from gradcheck_cli import __version__
 from gradcheck_cli.findings import Finding, ModelError, Report, Suite
 from gradcheck_cli.numbers import fmt
+from gradcheck_cli.report.view import KIND_LABELS, LayerView, ReportView, build_view
 
 MAX_X_LABELS = 40
 MAX_CHART_WIDTH = 1040   # fits the page's 1052px content box, so the chart is never shrunk on a desktop screen
@@ -46,7 +47,8 @@ text-align:left;vertical-align:top}th{background:var(--bg2)}td.num{text-align:ri
 .meta{color:var(--muted);margin:.2rem 0}.counts span{margin-right:.8rem}
 .sev{font-weight:700;font-size:.8rem;padding:0 .4rem;border-radius:3px;border:1px solid}
 .sev-error{color:var(--red)}.sev-warning{color:var(--amber)}.sev-info{color:var(--blue)}.zero{color:var(--muted)}
-.chart-box{overflow-x:auto}.chart-box svg{max-width:100%;height:auto;display:block}
+.chart-box,.table-box{overflow-x:auto;max-width:100%}.chart-box svg{display:block;max-width:none}
+h1,h2,code{overflow-wrap:anywhere}.finding h4,.meta,.message{overflow-wrap:anywhere}
 .finding{border:1px solid var(--line);border-left:6px solid var(--line);border-radius:4px;padding:.6rem 1rem;
 margin:.8rem 0;break-inside:avoid}
 .finding.severity-error{border-left-color:var(--red)}.finding.severity-warning{border-left-color:#d4a72c}
@@ -59,6 +61,14 @@ margin:.8rem 0;break-inside:avoid}
 .error-box dt{font-weight:700;float:left;clear:left;width:7rem}.error-box dd{margin:0 0 .2rem 7.5rem}
 tr.flagged td{color:var(--red)}details summary{cursor:pointer;font-weight:600;margin:1rem 0 .4rem}
 .baseline,.notes{color:var(--muted)}
+@media (max-width:600px){body{padding:.6rem;font-size:14px}h1{font-size:1.25rem}
+.error-box dt{float:none;width:auto}.error-box dd{margin-left:1rem}}
+@media (prefers-color-scheme:dark){:root{--fg:#e6edf3;--muted:#9198a1;--line:#3d444d;--bg2:#151b23;--red:#ff7b72;
+--green:#3fb950;--amber:#d29922;--blue:#58a6ff;color-scheme:dark}body{background:#0d1117}
+.badge{color:#0d1117}.badge-error{background:#ff7b72;border-color:#ff7b72}.error-box{background:#2d1214}
+svg.chart text{fill:var(--fg)}svg.chart text.flagged{fill:var(--red)}svg.chart .grid{stroke:#2a313a}
+svg.chart .axis,svg.chart .separator{stroke:var(--muted)}svg.chart .hollow{fill:#0d1117}
+svg.chart rect.flagged,svg.chart rect.legend-flagged{fill:#ff7b72;fill-opacity:.18}}
 @media print{body{max-width:none;padding:0;font-size:11pt}
 *{-webkit-print-color-adjust:exact;print-color-adjust:exact}.chart-box{overflow:visible}}
 """
@@ -118,6 +128,11 @@ def _counts(counts: dict[str, int], sep: str = " ") -> str:
 INK, MUTED, GRID, RED, BLUE, ORANGE = "#1f2328", "#656d76", "#e6e9ed", "#cf222e", "#1f6feb", "#d4760a"
 _LINE = {"weight": f'stroke="{BLUE}" stroke-width="2"',
          "output": f'stroke="{ORANGE}" stroke-width="2" stroke-dasharray="6 3"'}
+# |∇W| per layer kind, when a model mixes kinds (norm layers' weight gradients are far smaller than linear
+# layers', so one line through both zig-zags): colour and dash per kind.
+KIND_STYLE = {"linear": (BLUE, ""), "norm": ("#1a7f37", ' stroke-dasharray="2 2"'),
+              "embedding": ("#8250df", ' stroke-dasharray="8 2 2 2"'), "recurrent": ("#bf3989", ' stroke-dasharray="6 2"'),
+              "other": ("#6e7781", ' stroke-dasharray="4 2"')}
 _FONTS = "system-ui,-apple-system,'Segoe UI',Roboto,'DejaVu Sans',Arial,sans-serif"
 
 
@@ -146,10 +161,17 @@ def _short(name: str) -> str:
     return "…" + (tail or name[-(LABEL_CHARS - 1):])
 
 
-def _marker(cls: str, cx: float, cy: float, r: float, extra: str = "", title: str = "") -> str:
-    """A series marker: |∇W| a filled blue dot, |∂L/∂y| a larger hollow orange ring (visible around a coinciding
-    dot, since the weight series is drawn on top)."""
-    paint = (f'r="{r:.1f}" fill="{BLUE}"' if cls == "weight" else
+def _hollow(extra: str) -> str:
+    """Add the class `hollow` (dark theme: the ring's inside follows the page background)."""
+    return extra.replace('class="', 'class="hollow ', 1) if 'class="' in extra else extra + ' class="hollow"'
+
+
+def _marker(cls: str, cx: float, cy: float, r: float, extra: str = "", title: str = "", colour: str = BLUE) -> str:
+    """A series marker: |∇W| a filled dot (blue, or its layer kind's colour), |∂L/∂y| a larger hollow orange
+    ring (visible around a coinciding dot, since the weight series is drawn on top)."""
+    if cls != "weight":
+        extra = _hollow(extra)
+    paint = (f'r="{r:.1f}" fill="{colour}"' if cls == "weight" else
              f'r="{r + 0.8:.1f}" fill="#fff" stroke="{ORANGE}" stroke-width="1.5"')
     tip = f"<title>{title}</title>" if title else ""
     return f'<circle{extra} cx="{cx:.1f}" cy="{cy:.1f}" {paint}>{tip}</circle>'
@@ -158,6 +180,8 @@ def _marker(cls: str, cx: float, cy: float, r: float, extra: str = "", title: st
 def _triangle(cls: str, cx: float, cy: float, extra: str = "", title: str = "") -> str:
     """A NaN/Inf marker: red triangle, filled for |∇W|, hollow for |∂L/∂y| (as the series markers)."""
     fill = RED if cls == "weight" else "#fff"
+    if cls != "weight":
+        extra = _hollow(extra)
     tip = f"<title>{title}</title>" if title else ""
     return (f'<path{extra} d="M{cx:.1f},{cy - 4.5:.1f} l5,9 h-10 z" fill="{fill}" stroke="{RED}" '
             f'stroke-width="1.5" stroke-linejoin="round">{tip}</path>')
@@ -167,15 +191,19 @@ def _text_px(text: str) -> float:
     return CHAR_PX * len(text)
 
 
-def chart(report: Report, flagged: dict[str, list[str]]) -> str:
+def chart(report: Report, view: ReportView) -> str:
     """Inline SVG: one x slot per layer (depth order), log10 y with decade gridlines, both norms per layer.
 
     NaN/Inf values get red triangles in a strip above the plot, exact zeros (dead units, unused weights) markers
     in a strip below it: neither has a place on a log scale, and a layer without a visible mark would look
     unmeasured. Styling is by presentation attributes; the class names stay as hooks for tests and user CSS.
     """
+    flagged = view.flagged
     layers = report.layers
     n = len(layers)
+    kinds = [k for k in view.kinds if k != "none"]
+    by_kind = len(kinds) > 1          # one |∇W| series per layer kind
+    kind_of = [lv.kind for lv in view.layers]
     if not n:
         return '<p class="no-chart">No layers were measured, so there is no gradient-flow chart.</p>'
     names = [_name(lv["name"]) for lv in layers]
@@ -203,9 +231,16 @@ def chart(report: Report, flagged: dict[str, list[str]]) -> str:
     r = min(3.5, max(1.2, dx / 3))   # smaller markers when layers are dense
 
     # legend items, flowed into rows that fit the chart's width
-    items: list[tuple[str, str]] = [
+    weight_items = [
         (f'<line class="legend-weight" x1="0" y1="0" x2="24" y2="0" {_LINE["weight"]}/>'
-         + _marker("weight", 12, 0, 3.5, ' class="legend-weight"'), f"{SERIES[0][2]} {SERIES[0][3]}"),
+         + _marker("weight", 12, 0, 3.5, ' class="legend-weight"'), f"{SERIES[0][2]} {SERIES[0][3]}")]
+    if by_kind:
+        weight_items = [
+            (f'<line class="legend-weight legend-kind-{k}" x1="0" y1="0" x2="24" y2="0" stroke="{KIND_STYLE[k][0]}" '
+             f'stroke-width="2"{KIND_STYLE[k][1]}/>'
+             + _marker("weight", 12, 0, 3.5, f' class="legend-weight"', colour=KIND_STYLE[k][0]),
+             f"{SERIES[0][2]} {KIND_LABELS[k]}") for k in kinds]
+    items: list[tuple[str, str]] = weight_items + [
         (f'<line class="legend-output" x1="0" y1="0" x2="24" y2="0" {_LINE["output"]}/>'
          + _marker("output", 12, 0, 3.5, ' class="legend-output"'), f"{SERIES[1][2]} {SERIES[1][3]}")]
     if has_bad:
@@ -218,7 +253,7 @@ def chart(report: Report, flagged: dict[str, list[str]]) -> str:
     lx, ly = float(left), 14
     for j, (swatch, words) in enumerate(items):
         w = 30 + _text_px(words)
-        if lx > left and (j == 2 or lx + w > width - right):    # the two series first, markers on a new row
+        if lx > left and (j == len(weight_items) + 1 or lx + w > width - right):   # series first, markers below
             lx, ly = float(left), ly + 18
         legend.append(f'<g transform="translate({lx:.0f} {ly})">{swatch}'
                       f'<text x="30" y="4">{_e(words)}</text></g>')
@@ -280,25 +315,32 @@ def chart(report: Report, flagged: dict[str, list[str]]) -> str:
     groups: dict[str, str] = {}
     odd: list[str] = []     # NaN/Inf and zero markers
     for s, (cls, key, sym, _) in enumerate(SERIES):
-        segs: list[list[str]] = [[]]
+        lines: list[str] = []
         marks: list[str] = []
-        for i, lv in enumerate(layers):
-            v = lv.get(key)
-            tip = f"{_e(names[i])}: {sym} {_e(fmt(v))}"
-            if _positive(v):
-                segs[-1].append(f"{x(i):.1f},{y(v):.1f}")
-                marks.append(_marker(cls, x(i), y(v), r, title=tip))
-                continue
-            if not measured(lv, key):
-                continue   # no weights of its own: nothing to measure, the line runs on
-            segs.append([])
-            if _nonfinite(v):
-                odd.append(_triangle(cls, x(i), bad_rows[s], f' class="nonfinite nonfinite-{cls}"', tip))
-            elif v == 0 and not isinstance(v, bool):
-                odd.append(_marker(cls, x(i), zero_rows[s], max(r, 2.5), f' class="zero zero-{cls}"', tip))
-        lines = "".join(f'<polyline points="{" ".join(seg)}" fill="none" {_LINE[cls]} stroke-linejoin="round"/>'
-                        for seg in segs if len(seg) > 1)
-        groups[cls] = f'<g class="series-{cls}">{lines}{"".join(marks)}</g>'
+        for kind in (kinds if cls == "weight" and by_kind else [None]):
+            colour, dash = KIND_STYLE.get(kind or "linear", (BLUE, ""))
+            style = f'stroke="{colour}" stroke-width="2"{dash}' if kind else _LINE[cls]
+            segs: list[list[str]] = [[]]
+            for i, lv in enumerate(layers):
+                if kind is not None and kind_of[i] != kind:
+                    continue
+                v = lv.get(key)
+                tip = f"{_e(names[i])}: {sym} {_e(fmt(v))}"
+                if _positive(v):
+                    segs[-1].append(f"{x(i):.1f},{y(v):.1f}")
+                    marks.append(_marker(cls, x(i), y(v), r, title=tip, colour=colour))
+                    continue
+                if not measured(lv, key):
+                    continue   # no weights of its own: nothing to measure, the line runs on
+                segs.append([])
+                if _nonfinite(v):
+                    odd.append(_triangle(cls, x(i), bad_rows[s], f' class="nonfinite nonfinite-{cls}"', tip))
+                elif v == 0 and not isinstance(v, bool):
+                    odd.append(_marker(cls, x(i), zero_rows[s], max(r, 2.5), f' class="zero zero-{cls}"', tip))
+            kind_cls = f' class="kind-{kind}"' if kind else ""
+            lines += [f'<polyline{kind_cls} points="{" ".join(seg)}" fill="none" {style} stroke-linejoin="round"/>'
+                      for seg in segs if len(seg) > 1]
+        groups[cls] = f'<g class="series-{cls}">{"".join(lines)}{"".join(marks)}</g>'
     p.append(groups["output"])    # weight on top: its dot stays visible inside a coinciding output ring
     p.append(groups["weight"])
     p.append(f'<g class="nonfinite-markers">{"".join(odd)}</g>')
@@ -316,27 +358,92 @@ def _finding(f: Finding, n: int) -> str:
     if f.evidence:
         rows = "".join(f"<tr><td>{_e(k)}</td><td class=\"mono\">{_e(_compact(v))}</td></tr>"
                        for k, v in f.evidence.items())
-        p.append(f'<table class="evidence"><tbody>{rows}</tbody></table>')
+        p.append(f'<div class="table-box"><table class="evidence"><tbody>{rows}</tbody></table></div>')
     if f.fixes:
         p.append('<ol class="fixes">' + "".join(f"<li>{_prose(x)}</li>" for x in f.fixes) + "</ol>")
     p.append("</article>")
     return "\n".join(p)
 
 
-def _layer_notes(lv: dict[str, Any], flagged: dict[str, list[str]]) -> str:
-    parts = []
-    sat = lv.get("saturated_fraction")
-    if sat:
-        parts.append(f"saturated {100 * sat:.0f}%" if sat >= 0.005 else "saturated <1%")
-    if lv.get("dead_units"):
-        parts.append(f"dead {lv['dead_units']}/{lv.get('units')}")
-    if lv.get("nonfinite_outputs"):
-        parts.append("NaN/Inf output")
-    if lv.get("nonfinite_output_grads") or lv.get("nonfinite_param_grads"):
-        parts.append("NaN/Inf gradient")
-    if lv["name"] in flagged:
-        parts.append(", ".join(flagged[lv["name"]]))
-    return "; ".join(parts)
+def _layer_notes(lv: LayerView) -> str:
+    """The same notes as the terminal table (from the view), then the codes of the findings covering it."""
+    return "; ".join([n.text for n in lv.notes] + ([", ".join(lv.codes)] if lv.codes else []))
+
+
+def time_chart(lv: LayerView) -> str:
+    """A recurrent layer's gradient through time: |∂L/∂x_t| per time step (earliest left), log scale. Exact zeros
+    (underflow) sit in a strip below the plot."""
+    prof = lv.time_profile or []
+    n = len(prof)
+    pos = [v for v in prof if _positive(v)]
+    hi = math.ceil(math.log10(max(pos)) - 1e-9) if pos else 0
+    lo = min(math.floor(math.log10(min(pos))) if pos else hi, hi - 4)
+    left, right, top, ph = 64, 16, 12, 160
+    pw = min(max(n * 10, 320), 640)
+    zeros = any(v == 0 for v in prof)
+    axis_y = top + ph + (24 if zeros else 0)
+    width, height = left + pw + right, axis_y + 44
+    dx = pw / max(n, 1)
+
+    def x(i: int) -> float:
+        return left + (i + 0.5) * dx
+
+    def y(v: float) -> float:
+        return top + ph * (hi - math.log10(v)) / (hi - lo)
+
+    label = (f"Gradient through time for {lv.display}: |∂L/∂x_t| at {n} points over {lv.time_steps} time steps, "
+             f"log scale from 1e{lo} to 1e{hi}")
+    p = [f'<div class="chart-box"><svg class="chart time-chart" role="img" aria-label="{_e(label)}" '
+         f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" font-family="{_FONTS}" '
+         f'font-size="{FONT_PX}" fill="{INK}">']
+    step = max(1, math.ceil((hi - lo) / 8))
+    for d in range(hi, lo - 1, -step):
+        yy = top + ph * (hi - d) / (hi - lo)
+        p.append(f'<line class="grid" x1="{left}" y1="{yy:.1f}" x2="{left + pw}" y2="{yy:.1f}" stroke="{GRID}"/>'
+                 f'<text class="ylabel" x="{left - 6}" y="{yy + 4:.1f}" text-anchor="end">1e{d}</text>')
+    if zeros:
+        p.append(f'<text class="ylabel-zero" x="{left - 6}" y="{top + ph + 16}" text-anchor="end">0</text>')
+    p.append(f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{axis_y}" stroke="{MUTED}"/>'
+             f'<line class="axis" x1="{left}" y1="{axis_y}" x2="{left + pw}" y2="{axis_y}" stroke="{MUTED}"/>')
+    p.append(f'<text x="{left}" y="{axis_y + 16}">earliest step</text>'
+             f'<text x="{left + pw}" y="{axis_y + 16}" text-anchor="end">latest step</text>'
+             f'<text x="{left + pw / 2:.0f}" y="{axis_y + 34}" text-anchor="middle">time →  (|∂L/∂x_t|, '
+             f'{_e(lv.display)}, T={_e(lv.time_steps)})</text>')
+    pts, marks = [], []
+    for i, v in enumerate(prof):
+        tip = f"<title>point {i + 1} of {n}: {_e(fmt(v))}</title>"
+        if _positive(v):
+            pts.append(f"{x(i):.1f},{y(v):.1f}")
+            marks.append(f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="2.5" fill="{BLUE}">{tip}</circle>')
+        elif v == 0:
+            marks.append(f'<circle class="zero hollow" cx="{x(i):.1f}" cy="{top + ph + 12}" r="2.5" fill="#fff" '
+                         f'stroke="{BLUE}">{tip}</circle>')
+    if len(pts) > 1:
+        p.append(f'<polyline points="{" ".join(pts)}" fill="none" {_LINE["weight"]} stroke-linejoin="round"/>')
+    p.append("".join(marks) + "</svg></div>")
+    return "\n".join(p)
+
+
+def _blocks(view: ReportView) -> str:
+    """Per repeated block (`transformer.h.3`, `layer2.1`): its layers, the norm of all its weight gradients
+    together, and the range of |∂L/∂y| inside it. Comparing blocks avoids the norm-vs-linear zig-zag."""
+    rows = []
+    for b in view.blocks:
+        members = view.layers[b.first:b.last + 1]
+        og = [m.output_grad_norm for m in members if _positive(m.output_grad_norm)]
+        span = f"{fmt(min(og))} – {fmt(max(og))}" if og else "-"
+        rows.append(f'<tr class="{"flagged" if b.codes else "block"}"><td><code>{_e(b.name)}</code></td>'
+                    f'<td class="num">{len(members)}</td><td class="num">{_e(fmt(b.grad_norm))}</td>'
+                    f'<td class="num">{_e(span)}</td><td>{_e(", ".join(b.codes))}</td></tr>')
+    return (f'<details class="blocks" open><summary>Blocks ({len(view.blocks)})</summary><div class="table-box">'
+            '<table class="block-table"><thead><tr><th>block</th><th>layers</th><th>|∇W| (all its weights)</th>'
+            f'<th>|∂L/∂y| range</th><th>findings</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+            '</details>')
+
+
+def _trainable(m: dict[str, Any]) -> str:
+    same = m.get("trainable_parameters") == m.get("parameters")
+    return "all trainable" if same else f"{fmt(m.get('trainable_parameters'))} trainable"
 
 
 def _settings(report: Report) -> str:
@@ -354,24 +461,24 @@ def _settings(report: Report) -> str:
     if report.timings:
         rows.append(("timings", ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in report.timings.items())))
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
-    return f'<table class="settings"><tbody>{body}</tbody></table>'
+    return f'<div class="table-box"><table class="settings"><tbody>{body}</tbody></table></div>'
 
 
-def render_report(report: Report, idx: int, counter: list[int]) -> str:
+def render_report(report: Report, view: ReportView, idx: int, counter: list[int]) -> str:
     m = report.model
-    flagged = report.flagged_layers()
     src = m.get("source")
     where = f' <span class="loc">({_e(src["file"])}:{_e(src["line"])})</span>' if src else ""
     c = report.counts()
     p = [f'<section class="report" id="report-{idx}">',
          f'<header>{_badge(report.verdict)} <h2 class="spec"><code>{_e(m.get("spec"))}</code></h2>{where}',
-         (f'<p class="meta">{_e(m.get("class"))} · {_e(fmt(m.get("parameters")))} parameters '
-         f'({_e(fmt(m.get("trainable_parameters")))} trainable) · '
-         f'{_plural(len(report.layers), "layer")} measured'
-         f'{" · " + _e(report.distribution) if report.distribution else ""}</p>'),
+         (f'<p class="meta">{_e(m.get("class"))} · {_plural(len(report.layers), "layer")} measured · '
+          f'{_e(fmt(m.get("parameters")))} parameters ({_e(_trainable(m))})'
+          f'{" · " + _e(report.distribution) if report.distribution else ""}</p>'),
          (f'<p class="counts">{_counts(c)} <span>exit {report.exit_code}</span>'
          f' <span>fail-on {_e(report.fail_on.value)}</span></p></header>'),
-         "<h3>Gradient flow</h3>", chart(report, flagged)]
+         "<h3>Gradient flow</h3>", chart(report, view)]
+    for lv in view.recurrent:
+        p += [f"<h3>Gradient through time: <code>{_e(lv.display)}</code></h3>", time_chart(lv)]
     findings = report.active_findings()
     p.append(f"<h3>Findings ({len(findings)})</h3>")
     if not findings:
@@ -393,14 +500,17 @@ def render_report(report: Report, idx: int, counter: list[int]) -> str:
         p.append('<h3>Notes</h3><ul class="notes">' + "".join(f"<li>{_prose(x)}</li>" for x in report.notes) + "</ul>")
     p.append("<h3>Settings</h3>" + _settings(report))
     rows = "".join(
-        f'<tr class="{"flagged" if lv["name"] in flagged else "layer"}"><td class="num">{_e(lv.get("index"))}</td>'
-        f'<td><code>{_e(_name(lv["name"]))}</code></td><td>{_e(lv.get("type"))}</td>'
-        f'<td class="num">{_e(fmt(lv.get("grad_norm")))}</td>'
-        f'<td class="num">{_e(fmt(lv.get("output_grad_norm")))}</td>'
-        f'<td>{_e(_layer_notes(lv, flagged))}</td></tr>' for lv in report.layers)
-    p.append(f'<details class="layers"><summary>Layers ({len(report.layers)})</summary><table class="layer-table">'
+        f'<tr class="{"flagged" if lv.flagged else "layer"}"><td class="num">{_e(lv.index)}</td>'
+        f'<td><code>{_e(lv.display)}</code></td><td>{_e(lv.type)}</td>'
+        f'<td class="num">{_e(fmt(lv.grad_norm))}</td>'
+        f'<td class="num">{_e(fmt(lv.output_grad_norm))}</td>'
+        f'<td>{_e(_layer_notes(lv))}</td></tr>' for lv in view.layers)
+    if view.blocks:
+        p.append(_blocks(view))
+    p.append(f'<details class="layers"><summary>Layers ({len(view.layers)})</summary><div class="table-box">'
+             '<table class="layer-table">'
              '<thead><tr><th>#</th><th>layer</th><th>type</th><th>|∇W|</th><th>|∂L/∂y|</th><th>notes</th></tr>'
-             f'</thead><tbody>{rows}</tbody></table></details>')
+             f'</thead><tbody>{rows}</tbody></table></div></details>')
     p.append("</section>")
     return "\n".join(p)
 
@@ -427,11 +537,12 @@ def _summary(suite: Suite) -> str:
         rows.append(f'<tr><td><a href="#error-{i}"><code>{_e(e.spec)}</code></a></td><td>{_badge("error")}</td>'
                     f'<td colspan="4">{_e(e.error.get("type"))} error during {_e(e.error.get("phase"))}</td>'
                     f'<td class="num">{_e(e.exit_code)}</td></tr>')
-    return ('<table class="summary"><thead><tr><th>model</th><th>verdict</th><th>errors</th><th>warnings</th>'
-            f'<th>info</th><th>suppressed</th><th>exit</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+    return ('<div class="table-box"><table class="summary"><thead><tr><th>model</th><th>verdict</th><th>errors</th><th>warnings</th>'
+            f'<th>info</th><th>suppressed</th><th>exit</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
 
 
-def render(suite: Suite, out: TextIO, **_: object) -> None:
+def render(suite: Suite, out: TextIO, *, views: list[ReportView] | None = None, **_: object) -> None:
+    views = views if views is not None else [build_view(r) for r in suite.reports]
     models = len(suite.reports) + len(suite.errors)
     subject = (suite.reports[0].model.get("spec") if suite.reports else suite.errors[0].spec) if suite.single \
         else f"{models} models"
@@ -453,7 +564,7 @@ def render(suite: Suite, out: TextIO, **_: object) -> None:
     if not suite.single:
         p.append(_summary(suite))
     counter = [0]
-    p += [render_report(r, i, counter) for i, r in enumerate(suite.reports, 1)]
+    p += [render_report(r, v, i, counter) for i, (r, v) in enumerate(zip(suite.reports, views), 1)]
     p += [render_error(e, i) for i, e in enumerate(suite.errors, 1)]
     p += ["</body>", "</html>"]
     out.write("\n".join(p) + "\n")

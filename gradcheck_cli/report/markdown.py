@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TextIO
 
 from gradcheck_cli.findings import Finding, ModelError, Report, Severity, Suite
-from gradcheck_cli.numbers import count_phrase, fmt
+from gradcheck_cli.numbers import count_phrase, fmt, plural
 
 ICONS = {Severity.ERROR: "🔴", Severity.WARNING: "🟡", Severity.INFO: "🔵"}
 VERDICT = {"pass": "✅ PASS", "fail": "❌ FAIL", "error": "⛔ ERROR"}
@@ -37,8 +37,8 @@ def _report(report: Report, out: list[str], level: str) -> None:
     m, s = report.model, report.settings
     out.append(f"{level} {VERDICT[report.verdict]} {code(m['spec'])}")
     out.append("")
-    out.append(f"{cell(m['class'])}, {fmt(m['parameters'])} parameters, {m['layers_measured']} layers measured · "
-               f"{s['steps']} steps, seed {s['seed']}, {cell(s['device'])}"
+    out.append(f"{cell(m['class'])}, {plural(m['layers_measured'], 'layer')} measured, {fmt(m['parameters'])} parameters · "
+               f"{plural(s['steps'], 'step')}, seed {s['seed']}, {cell(s['device'])}"
                f"{', ' + cell(report.distribution) if report.distribution else ''} · "
                f"{count_phrase(report.counts(), len(report.suppressed_findings()))} · fail-on {report.fail_on.value} "
                f"→ exit {report.exit_code}")
@@ -117,7 +117,7 @@ def render(suite: Suite, out: TextIO, **_: object) -> None:
         _error(e, lines, level)
     if suite.baseline is not None:
         b = suite.baseline
-        lines.append(f"Baseline {code(b['path'])}: {b['suppressed']} known finding(s) suppressed"
+        lines.append(f"Baseline {code(b['path'])}: {plural(b['suppressed'], 'known finding')} suppressed"
                      + (f"; {len(b['resolved'])} baseline entr{'ies' if len(b['resolved']) != 1 else 'y'} "
                         "no longer found" if b["resolved"] else "") + ".")
         lines.append("")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gradcheck_cli import __version__
-from gradcheck_cli.findings import Finding, Report, Severity, Suite
+from gradcheck_cli.findings import Finding, Report, Severity, Suite, plain_text
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 INFORMATION_URI = "https://github.com/gradcheck/gradcheck"
@@ -61,9 +61,9 @@ def fingerprint(spec: str, f: Finding) -> str:
 def _result(report: Report, f: Finding, rule_index: dict[str, int]) -> dict[str, Any]:
     spec = report.model["spec"]
     layer = f.layer if f.layer else "(model)"
-    text = f.message
+    text = plain_text(f.message)     # "text" is plain; "markdown" keeps the `code` spans
     if f.fixes:
-        text += f" Fix: {f.fixes[0]}"
+        text += f" Fix: {plain_text(f.fixes[0])}"
     md = f.message + ("\n\nFixes:\n" + "\n".join(f"{i}. {x}" for i, x in enumerate(f.fixes, 1)) if f.fixes else "")
     location: dict[str, Any] = {"logicalLocations": [{"name": layer, "fullyQualifiedName": f"{spec}::{layer}",
                                                        "kind": "member"}]}
@@ -79,7 +79,7 @@ def _result(report: Report, f: Finding, rule_index: dict[str, int]) -> dict[str,
         "locations": [location],
         "partialFingerprints": {"gradcheckFinding/v1": fingerprint(spec, f)},
         "properties": {"rule": f.rule, "model": spec, "layer": f.layer, "severity": f.severity.value,
-                       "evidence": f.evidence, "fixes": f.fixes},
+                       "evidence": f.evidence, "fixes": [plain_text(x) for x in f.fixes]},
     }
     if f.suppressed:
         result["suppressions"] = [{"kind": "external", "status": "accepted",

@@ -1,35 +1,39 @@
-"""Terminal report (Rich): header, per-layer table with a log-scale gradient-flow bar, findings, verdict.
+"""Terminal report: header, per-layer table with a log-scale gradient-flow bar, findings, verdict.
 
-Readable at 80 columns; no colour codes when the output is not a terminal.
+Laid out for the width it is given (the terminal's, or `width=`): every table row is one line, a long layer
+name is shortened in the middle rather than wrapped, rows of a repeated block (`transformer.h.0`) sit under
+one block line with their names inside it, notes that do not fit go on a line of their own, and the finding
+markers (`◀ GC101`) always stay on their row. Piped (not a terminal, no width given) nothing is wrapped, so
+`grep` finds every line whole; no line ends in spaces. Colour follows NO_COLOR / FORCE_COLOR unless
+`color=` says otherwise, and is never written when the output is not a terminal.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from rich.console import Console
-from rich.padding import Padding
-from rich.rule import Rule
-from rich.table import Table
 from rich.text import Text
 
 from gradcheck_cli import __version__
 from gradcheck_cli.findings import ModelError, Report, Severity, Suite
-from gradcheck_cli.numbers import count_phrase
-from gradcheck_cli.numbers import fmt as _fmt
+from gradcheck_cli.numbers import count_phrase, fmt, plural
+from gradcheck_cli.report.view import LayerView, ReportView, build_view
 
 BAR_WIDTH = 14
+MIN_BAR = 8
+MIN_NAME = 12
+MIN_TYPE = 8
+LABEL = 9        # width of the "evidence " / "fix 1    " column under a finding
 _PARTIAL = " ▏▎▍▌▋▊▉"
 _SEV_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "bold yellow", Severity.INFO: "bold blue"}
-
-
-def fmt(x: Any) -> str:
-    return _fmt(x, sci_digits=1)
+MARK = "◀"
 
 
 def _positive(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
 def bar_scale(values: list[Any]) -> tuple[float, float]:
@@ -44,79 +48,176 @@ def bar_scale(values: list[Any]) -> tuple[float, float]:
 
 
 def bar(value: Any, scale: tuple[float, float], width: int = BAR_WIDTH) -> str:
+    """The bar, without padding (the caller pads it when a column follows)."""
     if isinstance(value, float) and not math.isfinite(value):
-        return "NaN/Inf".ljust(width)
+        return "NaN/Inf"[:width]
     if not _positive(value):
-        return "".ljust(width)
+        return ""
     lo, hi = scale
     frac = (math.log10(value) - lo) / (hi - lo)
     eighths = max(1, round(min(max(frac, 0.0), 1.0) * width * 8))
     full, part = divmod(eighths, 8)
-    return ("█" * full + (_PARTIAL[part] if part else "")).ljust(width)
+    return "█" * full + (_PARTIAL[part] if part else "")
 
 
-def _notes(layer: dict[str, Any], flagged: dict[str, list[str]]) -> str:
-    parts = []
-    sat = layer.get("saturated_fraction")
-    if sat:
-        parts.append(f"sat {100 * sat:.0f}%" if sat >= 0.005 else "sat <1%")
-    if layer.get("dead_units"):
-        parts.append(f"dead {layer['dead_units']}/{layer['units']}")
-    if layer.get("nonfinite_outputs"):
-        parts.append("NaN/Inf out")
-    if layer.get("nonfinite_output_grads"):
-        parts.append("NaN/Inf grad")
-    if layer.get("time_steps"):
-        key = "time_grad_min_max" if layer.get("bidirectional") else "time_grad_first_last"
-        parts.append(f"T={layer['time_steps']} first/last {fmt(layer.get(key))}")
-    if layer["name"] in flagged:
-        parts.append("◀ " + ",".join(flagged[layer["name"]]))
-    return " ".join(parts)
+def elide(s: str, width: int) -> str:
+    """`s` in at most `width` characters: the middle replaced by '…', keeping the start and more of the end
+    (the end of a dotted name tells layers apart), cut at dots where that loses little."""
+    if len(s) <= width:
+        return s
+    if width <= 1:
+        return "…"[:width]
+    tail_room = width - 1 - max(1, (width - 1) // 3)
+    tail = s[-tail_room:]
+    dot = tail.find(".")
+    if 0 <= dot < len(tail) // 2:          # start the tail at a part boundary
+        tail = tail[dot:]
+    head = s[:width - 1 - len(tail)]
+    return head + "…" + tail
 
 
-def _select_rows(layers: list[dict[str, Any]], flagged: set[str], max_rows: int) -> list[dict[str, Any] | None]:
-    """All rows, or the first and last ones plus every flagged layer; None marks an elision."""
-    if max_rows <= 0 or len(layers) <= max_rows:
-        return list(layers)
-    head = max_rows // 2
-    tail = max_rows - head
-    keep = set(range(head)) | set(range(len(layers) - tail, len(layers)))
-    keep |= {i for i, l in enumerate(layers) if l["name"] in flagged}
-    rows: list[dict[str, Any] | None] = []
-    last = -1
-    for i in sorted(keep):
+# -- the layer table ------------------------------------------------------------------------------------------
+
+@dataclass
+class _Row:
+    kind: str                      # "layer" | "block" | "gap"
+    layer: LayerView | None = None
+    text: str = ""                 # block name
+
+
+def _select(view: ReportView, max_rows: int) -> list[_Row]:
+    """All layers, or the first and last ones plus every flagged layer; block lines before each block's
+    first shown layer; a gap row where layers are left out."""
+    layers = view.layers
+    n = len(layers)
+    if max_rows <= 0 or n <= max_rows:
+        keep = list(range(n))
+    else:
+        head, tail = max_rows // 2, max_rows - max_rows // 2
+        keep = sorted(set(range(head)) | set(range(n - tail, n)) | {i for i, lv in enumerate(layers) if lv.flagged})
+    rows: list[_Row] = []
+    last, block = -1, None
+    for i in keep:
+        lv = layers[i]
         if i != last + 1:
-            rows.append(None)
-        rows.append(layers[i])
+            rows.append(_Row("gap"))
+            block = None
+        if lv.block is not None and lv.block != block:
+            rows.append(_Row("block", text=lv.block))
+        block = lv.block
+        rows.append(_Row("layer", lv))
         last = i
     return rows
 
 
-def layer_table(report: Report, max_rows: int) -> Table:
-    flagged = report.flagged_layers()
-    layers = report.layers
-    scale = bar_scale([l.get("output_grad_norm") for l in layers])
-    table = Table(box=None, pad_edge=False, padding=(0, 1), header_style="bold", show_edge=False)
-    table.add_column("#", justify="right", style="dim", no_wrap=True)
-    table.add_column("layer", overflow="fold", min_width=10, ratio=3)
-    table.add_column("type", overflow="ellipsis", no_wrap=True, max_width=12)
-    table.add_column("|∇W|", justify="right", no_wrap=True)
-    table.add_column("|∂L/∂y|", justify="right", no_wrap=True)
-    table.add_column(f"flow 1e{scale[0]:+.0f}..1e{scale[1]:+.0f}", no_wrap=True, style="cyan",
-                     min_width=BAR_WIDTH)
-    table.add_column("notes", overflow="fold", ratio=2)
-    rows = _select_rows(layers, set(flagged), max_rows)
-    for layer in rows:
-        if layer is None:
-            table.add_row("", Text("…", style="dim"), "", "", "", "", "")
+def _mark(lv: LayerView) -> str:
+    return f"{MARK} {','.join(lv.codes)}" if lv.codes else ""
+
+
+def _notes(lv: LayerView) -> str:
+    return " ".join(n.text for n in lv.notes)
+
+
+def layer_table(view: ReportView, max_rows: int, width: int | None) -> list[Text]:
+    rows = _select(view, max_rows)
+    shown = [r.layer for r in rows if r.layer is not None]
+    scale = bar_scale([lv.output_grad_norm for lv in view.layers])
+    flow_title = f"flow 1e{scale[0]:+.0f}..1e{scale[1]:+.0f}"
+    indent = 2 if any(r.kind == "block" for r in rows) else 0
+
+    def name_of(lv: LayerView) -> str:
+        return (" " * indent + lv.local) if lv.block else lv.display
+
+    w_idx = max([1] + [len(str(lv.index)) for lv in shown])
+    w_name = max([len("layer")] + [len(name_of(lv)) for lv in shown])
+    w_type = max([len("type")] + [len(lv.type) for lv in shown])
+    gw = {id(lv): fmt(lv.grad_norm) for lv in shown}
+    og = {id(lv): fmt(lv.output_grad_norm) for lv in shown}
+    w_gw = max([len("|∇W|")] + [len(v) for v in gw.values()])
+    w_og = max([len("|∂L/∂y|")] + [len(v) for v in og.values()])
+    w_bar = max(BAR_WIDTH, len(flow_title))
+    w_mark = max([0] + [len(_mark(lv)) for lv in shown])
+
+    def fixed() -> int:
+        return w_idx + 1 + w_name + 1 + w_type + 1 + w_gw + 1 + w_og + 1 + w_bar + (1 + w_mark if w_mark else 0)
+
+    if width is not None:
+        # Narrow terminal: shorter bars, then shorter type names, then names shortened in the middle.
+        over = fixed() - width
+        if over > 0:
+            cut = min(over, w_bar - max(MIN_BAR, len("flow"))); w_bar -= cut; over -= cut
+        if over > 0:
+            cut = min(over, w_type - MIN_TYPE) if w_type > MIN_TYPE else 0; w_type -= cut; over -= cut
+        if over > 0:
+            cut = min(over, w_name - MIN_NAME) if w_name > MIN_NAME else 0; w_name -= cut; over -= cut
+    bar_cells = min(BAR_WIDTH, w_bar)
+    if len(flow_title) > w_bar:
+        flow_title = "flow"
+
+    lines: list[Text] = []
+    head = Text(style="bold")
+    head.append(f"{'#':>{w_idx}} {'layer':<{w_name}} {'type':<{w_type}} {'|∇W|':>{w_gw}} {'|∂L/∂y|':>{w_og}} "
+                f"{flow_title}")
+    if any(lv.codes or lv.notes for lv in shown):
+        head.append(" " * (w_bar - len(flow_title)) + " notes")
+    lines.append(head)
+    for r in rows:
+        if r.kind == "gap":
+            lines.append(Text(" " * (w_idx + 1) + "…", style="dim"))
             continue
-        style = "red" if layer["name"] in flagged else None
-        table.add_row(
-            str(layer["index"]), Text(layer["name"] or "(model)", style=style or ""), layer["type"],
-            fmt(layer.get("grad_norm")), fmt(layer.get("output_grad_norm")),
-            bar(layer.get("output_grad_norm"), scale), _notes(layer, flagged),
-        )
-    return table
+        if r.kind == "block":
+            room = (width - w_idx - 1) if width is not None else len(r.text)
+            lines.append(Text(" " * (w_idx + 1) + elide(r.text, max(room, 1)), style="dim"))
+            continue
+        lv = r.layer
+        assert lv is not None
+        style = "red" if lv.flagged else ""
+        line = Text()
+        line.append(f"{lv.index:>{w_idx}} ", style="dim")
+        line.append(f"{elide(name_of(lv), w_name):<{w_name}}", style=style)
+        line.append(f" {elide(lv.type, w_type):<{w_type}} {gw[id(lv)]:>{w_gw}} {og[id(lv)]:>{w_og}} ")
+        line.append(bar(lv.output_grad_norm, scale, bar_cells), style="cyan")
+        tail = " ".join(x for x in (_mark(lv), _notes(lv)) if x)
+        before = len(line.plain)
+        if tail:
+            pad = " " * (w_idx + 1 + w_name + 1 + w_type + 1 + w_gw + 1 + w_og + 1 + w_bar + 1 - before)
+            if width is None or before + len(pad) + len(tail) <= width:
+                line.append(pad)
+                line.append(tail, style="red" if lv.flagged else "yellow")
+                lines.append(line)
+                continue
+            mark = _mark(lv)
+            if mark:
+                line.append(pad)
+                line.append(mark, style="red")
+            lines.append(line)
+            notes = _notes(lv)
+            if notes:   # on its own line, under the name
+                room = max(width - (w_idx + 1 + indent + 2), 8)
+                lines.append(Text(" " * (w_idx + 1 + indent) + "↳ " + elide(notes, room), style="yellow"))
+            continue
+        lines.append(line)
+    return lines
+
+
+# -- prose --------------------------------------------------------------------------------------------------
+
+def _wrap(console: Console, text: Text, width: int | None, indent: int = 0, first: Text | None = None) -> list[Text]:
+    """`first` (a label or an indent; none by default) then `text`, wrapped at word boundaries to `width`, the
+    following lines indented by `indent`; one unwrapped line when width is None (piped output)."""
+    prefix = first if first is not None else Text()
+    if width is None or width - max(indent, len(prefix.plain)) < 20:
+        out = prefix.copy()
+        out.append_text(text)
+        return [out]
+    pieces = text.wrap(console, width - max(indent, len(prefix.plain)), overflow="fold")
+    lines = []
+    for i, piece in enumerate(pieces):
+        line = prefix.copy() if i == 0 else Text(" " * indent)
+        piece.rstrip()
+        line.append_text(piece)
+        lines.append(line)
+    return lines or [prefix]
 
 
 def _evidence_value(v: Any) -> str | None:
@@ -142,83 +243,120 @@ def _evidence_line(evidence: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+# -- the whole report -----------------------------------------------------------------------------------------
+
+def _console(out: TextIO, color: bool | None) -> Console:
+    """color None: Rich decides (a terminal gets colour unless NO_COLOR is set; FORCE_COLOR forces it, for
+    CI logs that render ANSI); True/False: --color/--no-color."""
+    if color is None:
+        return Console(file=out, highlight=False, emoji=False, soft_wrap=True)
+    if color:
+        return Console(file=out, force_terminal=True, no_color=False, highlight=False, emoji=False, soft_wrap=True)
+    return Console(file=out, force_terminal=False, no_color=True, color_system=None, highlight=False, emoji=False,
+                   soft_wrap=True)
+
+
+def _layout_width(out: TextIO, console: Console, width: int | None) -> int | None:
+    """The width to lay out for: the one given, a terminal's own, or none (piped: nothing is wrapped)."""
+    if width is not None:
+        return width
+    try:
+        tty = out.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return console.size.width if tty else None
+
+
 def render(suite: Suite, out: TextIO, *, color: bool | None = None, width: int | None = None,
-           max_rows: int = 40, **_: object) -> None:
-    console = Console(file=out, width=width, force_terminal=color, no_color=(color is False),
-                      highlight=False, soft_wrap=False, emoji=False)
-    for i, report in enumerate(suite.reports):
+           max_rows: int = 40, views: list[ReportView] | None = None, **_: object) -> None:
+    console = _console(out, color)
+    w = _layout_width(out, console, width)
+    views = views if views is not None else [build_view(r) for r in suite.reports]
+    lines: list[Text] = []
+    rule = Text("─" * min(w or 80, 80), style="dim")
+    for i, (report, view) in enumerate(zip(suite.reports, views)):
         if i:
-            console.print(Rule(style="dim"))
-        render_report(report, console, max_rows)
+            lines.append(rule)
+        lines += report_lines(report, view, console, max_rows, w)
     for e in suite.errors:
         if suite.reports or e is not suite.errors[0]:
-            console.print(Rule(style="dim"))
-        render_error(e, console)
+            lines.append(rule)
+        lines += error_lines(e, console, w)
     if suite.baseline is not None:
         b = suite.baseline
-        line = Text(f"baseline {b['path']}: {b['suppressed']} finding{'s' if b['suppressed'] != 1 else ''} "
-                    "suppressed (present in the baseline, not worse)", style="dim")
+        line = Text(f"baseline {b['path']}: {plural(b['suppressed'], 'finding')} suppressed (present in the "
+                    "baseline, not worse)", style="dim")
         if b["resolved"]:
             n = len(b["resolved"])
             line.append(f"; {n} baseline entr{'ies' if n != 1 else 'y'} no longer found "
                         "(re-run with --write-baseline to drop them)")
-        console.print(line)
+        lines += _wrap(console, line, w)
     if not suite.single:
-        counts = suite.counts()
         total = Text()
         total.append({"pass": "✓ PASS", "fail": "✗ FAIL", "error": "✗ ERROR"}[suite.verdict],
                      style="bold red" if suite.exit_code else "bold green")
         n = len(suite.reports) + len(suite.errors)
         unchecked = f", {len(suite.errors)} could not be checked" if suite.errors else ""
-        total.append(f"  {n} models{unchecked}: {count_phrase(counts)} (fail-on {suite.fail_on.value}) "
+        total.append(f"  {n} models{unchecked}: {count_phrase(suite.counts())} (fail-on {suite.fail_on.value}) "
                      f"→ exit {suite.exit_code}")
-        console.print(total)
+        lines += _wrap(console, total, w, indent=8)
+    for line in lines:
+        line.rstrip()
+        console.print(line, soft_wrap=True, crop=False)
 
 
-def render_error(e: ModelError, console: Console) -> None:
+def error_lines(e: ModelError, console: Console, width: int | None) -> list[Text]:
     """A model that could not be checked: what went wrong, where, and what to do."""
     err = e.error
     head = Text()
     head.append(f"gradcheck {__version__}", style="bold")
     head.append(f"  {e.spec}")
-    console.print(head)
     where = f" in {err['where']}" if err.get("where") else ""
     hint = f" ({err['hint']})" if err.get("hint") else ""
     line = Text()
     line.append("✗ ERROR", style="bold red")
     line.append(f"  {err['type']} error during {err['phase']}{where}: {err['message']}{hint} → exit {err['exit_code']}")
-    console.print(line)
+    return [head] + _wrap(console, line, width, indent=9)
 
 
-def render_report(report: Report, console: Console, max_rows: int = 40) -> None:
+def _field(console: Console, label: str, value: str, width: int | None) -> list[Text]:
+    first = Text()
+    first.append(f"{label:<7}", style="dim")
+    return _wrap(console, Text(value), width, indent=7, first=first)
+
+
+def report_lines(report: Report, view: ReportView, console: Console, max_rows: int = 40,
+                 width: int | None = None) -> list[Text]:
     m, s, t = report.model, report.settings, report.timings
+    lines: list[Text] = []
     head = Text()
     head.append(f"gradcheck {report.tool_version}", style="bold")
-    head.append(f"  {m['spec']}\n")
-    head.append("model  ", style="dim")
-    head.append(f"{m['class']}, {fmt(m['parameters'])} parameters ({fmt(m['trainable_parameters'])} trainable), "
-                f"{m['layers_measured']} layers measured\n")
-    head.append("batch  ", style="dim")
-    head.append(f"{s['batch']}\n")
-    head.append("loss   ", style="dim")
-    head.append(f"{s['loss']}\n")
-    head.append("run    ", style="dim")
+    head.append(f"  {m['spec']}")
+    lines += _wrap(console, head, width, indent=2)
+    trainable = ("all trainable" if m["trainable_parameters"] == m["parameters"]
+                 else f"{fmt(m['trainable_parameters'])} trainable")
+    lines += _field(console, "model", f"{m['class']}, {plural(m['layers_measured'], 'layer')} measured, "
+                    f"{fmt(m['parameters'])} parameters ({trainable})", width)
+    lines += _field(console, "batch", str(s["batch"]), width)
+    lines += _field(console, "loss", str(s["loss"]), width)
     dist = f", {report.distribution}" if report.distribution else ""
-    head.append(f"{s['steps']} steps, seed {s['seed']}, {s['device']}{dist}; "
-                f"{t.get('total_s', 0):.2f} s (load {t.get('load_s', 0):.2f}, passes {t.get('passes_s', 0):.2f}, "
-                f"analysis {t.get('analysis_s', 0):.2f})")
-    console.print(head)
-    console.print()
-    if report.layers:
-        console.print(layer_table(report, max_rows))
-        console.print(Text("|∇W|: weight-gradient norm; |∂L/∂y|: gradient w.r.t. the layer's output; "
-                           "flow: |∂L/∂y| on a log scale.", style="dim"))
-        console.print()
+    lines += _field(console, "run", f"{plural(s['steps'], 'step')}, seed {s['seed']}, {s['device']}{dist}; "
+                    f"{t.get('total_s', 0):.2f} s (load {t.get('load_s', 0):.2f}, passes {t.get('passes_s', 0):.2f}, "
+                    f"analysis {t.get('analysis_s', 0):.2f})", width)
+    lines.append(Text())
+    if view.layers:
+        lines += layer_table(view, max_rows, width)
+        legend = ("|∇W|: weight-gradient norm; |∂L/∂y|: gradient w.r.t. the layer's output; flow: |∂L/∂y| on a "
+                  "log scale")
+        if view.flagged:
+            legend += f"; {MARK}: a finding covers the layer"
+        lines += _wrap(console, Text(legend + ".", style="dim"), width)
+        lines.append(Text())
     for note in report.notes:
-        console.print(Text(f"note: {note}", style="yellow"))
+        lines += _wrap(console, Text(f"note: {note}", style="yellow"), width, indent=6)
     findings = report.active_findings()
     if findings:
-        console.print(Text("Findings", style="bold underline"))
+        lines.append(Text("Findings", style="bold underline"))
     for f in findings:
         line = Text()
         line.append(f"{f.severity.value.upper():7}", style=_SEV_STYLE[f.severity])
@@ -227,32 +365,32 @@ def render_report(report: Report, console: Console, max_rows: int = 40) -> None:
             line.append(f" at {f.layer or '(model)'}")
         if f.location:
             line.append(f" ({f.location['file']}:{f.location['line']})", style="dim")
-        console.print(line)
-        grid = Table.grid(padding=(0, 1), pad_edge=False)
-        grid.add_column(no_wrap=True, style="dim", min_width=8)
-        grid.add_column(overflow="fold")
-        grid.add_row("", Text(f.message))
+        lines += _wrap(console, line, width, indent=8)
+        pad = 2 + LABEL
+        lines += _wrap(console, Text(f.message), width, indent=pad, first=Text(" " * pad))
         if f.evidence:
-            grid.add_row("evidence", Text(_evidence_line(f.evidence), style="dim"))
+            lines += _wrap(console, Text(_evidence_line(f.evidence), style="dim"), width, indent=pad,
+                           first=Text(f"  {'evidence':<{LABEL}}", style="dim"))
         for i, fix in enumerate(f.fixes, 1):
-            grid.add_row(f"fix {i}", Text(fix, style="green"))
-        console.print(Padding(grid, (0, 0, 0, 2)))
-        console.print()
+            lines += _wrap(console, Text(fix, style="green"), width, indent=pad,
+                           first=Text(f"  {'fix ' + str(i):<{LABEL}}", style="dim"))
+        lines.append(Text())
     suppressed = report.suppressed_findings()
     if suppressed:
-        console.print(Text("Suppressed (not counted toward the exit code)", style="bold underline"))
+        lines.append(Text("Suppressed (not counted toward the exit code)", style="bold underline"))
         for f in suppressed:
             line = Text()
             line.append(f"{f.severity.value.upper():7}", style="dim")
             line.append(f" {f.code} {f.rule}" + (f" at {f.layer or '(model)'}" if f.layer is not None else ""))
             line.append(f": {f.suppressed['by']}, {f.suppressed['reason']}", style="dim")
-            console.print(line)
-        console.print()
-    summary = count_phrase(report.counts(), len(suppressed))
+            lines += _wrap(console, line, width, indent=8)
+        lines.append(Text())
     verdict = Text()
     if report.verdict == "fail":
         verdict.append("✗ FAIL", style="bold red")
     else:
         verdict.append("✓ PASS", style="bold green")
-    verdict.append(f"  {summary} (fail-on {report.fail_on.value}) → exit {report.exit_code}")
-    console.print(verdict)
+    verdict.append(f"  {count_phrase(report.counts(), len(suppressed))} (fail-on {report.fail_on.value}) "
+                   f"→ exit {report.exit_code}")
+    lines += _wrap(console, verdict, width, indent=8)
+    return lines

@@ -82,9 +82,11 @@ class Rule:
         return self.check_fn(stats, opts, self)
 
     def finding(self, layer: str | None, message: str, evidence: dict[str, Any], fixes: list[str],
-                severity: Severity | None = None) -> Finding:
+                severity: Severity | None = None, covers: list[str] | None = None) -> Finding:
+        """`covers`: every layer the finding is about (default: `layer`), so each gets a marker."""
+        layers = list(dict.fromkeys(([layer] if layer is not None else []) + list(covers or [])))
         return Finding(rule=self.id, code=self.code, severity=severity or self.severity, layer=layer,
-                       message=message, evidence=evidence, fixes=fixes)
+                       message=message, evidence=evidence, fixes=fixes, layers=layers)
 
 
 def rule(id: str, code: str, severity: Severity, options: tuple[Option, ...] = ()) -> Callable:

@@ -74,7 +74,7 @@ def dead_relus(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
     if not has_normalization(stats):
         fixes.append("Add nn.BatchNorm1d/2d before each ReLU so each unit sees inputs on both sides of 0.")
     fixes.append("Lower the learning rate: one large step can push a unit's bias negative for good.")
-    return [r.finding(bad[0].name, msg, evidence, fixes)]
+    return [r.finding(bad[0].name, msg, evidence, fixes, covers=[l.name for l in bad])]
 
 
 RULE = dead_relus

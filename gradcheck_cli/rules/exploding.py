@@ -62,11 +62,11 @@ def exploding_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
     if d is not None and d["ratio"] > opts["ratio"]:
         ratio, per_layer, profile = d["ratio"], d["per_layer"], d["profile"]
         sev = Severity.ERROR if ratio > opts["error_ratio"] else r.severity
-        evidence = {"ratio": ratio, "threshold": opts["ratio"], "error_threshold": opts["error_ratio"],
+        evidence = {"early_late_ratio": ratio, "threshold": opts["ratio"], "error_threshold": opts["error_ratio"],
                     **d["evidence"], "per_layer_factor": per_layer, "total_grad_norm": stats.total_grad_norm}
         e, l = evidence["early_output_grad_norm"], evidence["late_output_grad_norm"]
         msg = (f"The error signal |dL/dy| grows {fmt(ratio)}x from the last layers back to the first "
-               f"({fmt(l)} -> {fmt(e)}; x{per_layer:.2f} per layer over {len(profile)} layers).")
+               f"({fmt(l)} -> {fmt(e)}; x{fmt(per_layer)} per layer over {len(profile)} layers).")
         findings.append(r.finding(profile[0].name, msg, evidence, _fixes(stats, evidence), sev))
     exact_nonfinite = bool(stats.first_nonfinite_backward or stats.first_nonfinite_forward
                            or any(l.nonfinite_param_grads for l in stats.layers)
@@ -90,7 +90,7 @@ def exploding_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
             continue
         m = layer.time_grad_first_last
         if m > opts["time_ratio"]:
-            evidence = {"time_ratio": m, "threshold": opts["time_ratio"], "time_steps": layer.time_steps,
+            evidence = {"time_grad_ratio": m, "threshold": opts["time_ratio"], "time_steps": layer.time_steps,
                         "cell": layer.recurrent, "per_step_factor": m ** (1.0 / max(layer.time_steps - 1, 1)),
                         "profile": layer.time_grad_profile, "weight_hh_sigma_max": layer.recurrent_sigma_max}
             sig = (f"; weight_hh_l0's largest singular value is {fmt(layer.recurrent_sigma_max)}"

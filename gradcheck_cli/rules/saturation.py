@@ -83,7 +83,7 @@ def saturated_activations(stats: RunStats, opts: dict[str, Any], r: Rule) -> lis
     if first.index <= 2:
         fixes.append(f"Normalise the inputs (standardise, or scale pixels to [0, 1]): {name(first.name)} is "
                      "right after the input.")
-    return [r.finding(first.name, msg, evidence, fixes)]
+    return [r.finding(first.name, msg, evidence, fixes, covers=[l.name for l in bad])]
 
 
 RULE = saturated_activations

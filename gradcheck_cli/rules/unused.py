@@ -49,19 +49,20 @@ def unused_parameters(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Fi
         groups = _by_module(stats.unused_parameters)
         mods = list(groups)
         n = len(stats.unused_parameters)
-        msg = (f"{n} trainable parameter{'s' if n > 1 else ''} in {len(mods)} module{'s' if len(mods) > 1 else ''} "
+        msg = (f"{n} trainable parameter tensor{'s' if n > 1 else ''} in {len(mods)} module{'s' if len(mods) > 1 else ''} "
                f"({list_names(mods)}) never receive a gradient: the loss does not depend on them.")
         target = "model" if mods[0] == "(model)" else f"model.{mods[0]}"
         fixes = [f"Use {list_names(mods)} in forward, or remove {'them' if len(mods) > 1 else 'it'} from __init__.",
                  f"If {'they are' if len(mods) > 1 else 'it is'} intentionally unused, freeze with "
                  f"{target}.requires_grad_(False) so optimizers and DistributedDataParallel skip it.",
                  "Check for .detach(), torch.no_grad() or .item() on the path from these layers to the loss."]
-        out.append(r.finding(mods[0], msg, {"parameters": stats.unused_parameters, "modules": mods}, fixes))
+        out.append(r.finding(mods[0], msg, {"parameters": stats.unused_parameters, "modules": mods}, fixes,
+                             covers=mods))
     if stats.zero_grad_parameters:
         groups = _by_module(stats.zero_grad_parameters)
         mods = list(groups)
         n = len(stats.zero_grad_parameters)
-        msg = (f"{n} trainable parameter{'s' if n > 1 else ''} in {list_names(mods)} receive{'' if n > 1 else 's'} "
+        msg = (f"{n} trainable parameter tensor{'s' if n > 1 else ''} in {list_names(mods)} receive{'' if n > 1 else 's'} "
                "an exactly-zero gradient in every pass.")
         dead = [l for l in stats.layers if l.activation == S.RELU and l.dead_fraction == 1.0]
         severity = None
@@ -71,7 +72,7 @@ def unused_parameters(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Fi
         fixes = ["Look upstream for dead ReLUs (see dead-relus) or a multiplication by zero that cuts the gradient.",
                  f"If {list_names(mods)} should not train, freeze it with requires_grad_(False)."]
         out.append(r.finding(mods[0], msg, {"parameters": stats.zero_grad_parameters, "modules": mods}, fixes,
-                             severity))
+                             severity, covers=mods))
     return out
 
 

@@ -66,13 +66,13 @@ def vanishing_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
         ratio, per_layer, profile = d["ratio"], d["per_layer"], d["profile"]
         sev = Severity.ERROR if ratio < opts["error_ratio"] else r.severity
         first = profile[0]
-        evidence = {"ratio": ratio, "threshold": opts["ratio"], "error_threshold": opts["error_ratio"],
+        evidence = {"early_late_ratio": ratio, "threshold": opts["ratio"], "error_threshold": opts["error_ratio"],
                     **d["evidence"], "per_layer_factor": per_layer}
         if first.grad_norm is not None and first.weight_norm:
             evidence["first_layer_grad_to_weight"] = first.grad_norm / first.weight_norm
         e, l = evidence["early_output_grad_norm"], evidence["late_output_grad_norm"]
         msg = (f"The error signal |dL/dy| at the first layers is {fmt(ratio)} of that at the last layers "
-               f"({fmt(e)} vs {fmt(l)}; x{per_layer:.2f} per layer over {len(profile)} layers), "
+               f"({fmt(e)} vs {fmt(l)}; x{fmt(per_layer)} per layer over {len(profile)} layers), "
                f"so {name(first.name)} barely learns.")
         findings.append(r.finding(first.name, msg, evidence, _depth_fixes(stats, profile, per_layer), sev))
     findings.extend(_through_time(stats, opts, r))
@@ -97,7 +97,7 @@ def _depth_fixes(stats: RunStats, profile: list, per_layer: float) -> list[str]:
                       f"{fmt((2.0 / w.fan_in) ** 0.5)})")
         fixes.append(f"Initialise the {len(weights)} weight layers with torch.nn.init.kaiming_normal_(w, "
                      f"nonlinearity='relu') (He init, std = sqrt(2/fan_in)){detail}: PyTorch's default "
-                     f"init shrinks the signal in deep plain stacks; measured x{per_layer:.2f} per layer.")
+                     f"init shrinks the signal in deep plain stacks; measured x{fmt(per_layer)} per layer.")
     if not has_normalization(stats):
         fixes.append(f"Add normalisation (nn.BatchNorm1d/2d after each Linear/Conv, or nn.LayerNorm) to the "
                      f"{len(weights)} weight layers so each layer's inputs keep unit scale.")
@@ -120,7 +120,7 @@ def _through_time(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Findin
         msg = (f"The gradient reaching {name(layer.name)}'s input at the {what} time steps is {fmt(metric)} of "
                f"that at the {'largest' if layer.bidirectional else 'latest'} steps over {layer.time_steps} "
                f"steps: the start of each sequence gets almost no learning signal.")
-        evidence = {"time_ratio": metric, "threshold": opts["time_ratio"], "time_steps": layer.time_steps,
+        evidence = {"time_grad_ratio": metric, "threshold": opts["time_ratio"], "time_steps": layer.time_steps,
                     "cell": layer.recurrent, "bidirectional": layer.bidirectional,
                     "per_step_factor": metric ** (1.0 / max(layer.time_steps - 1, 1)),
                     "profile": layer.time_grad_profile}
