@@ -147,6 +147,8 @@ def _say(line: str, markup: bool = False) -> None:
 
 
 def _fail(exc: GradcheckError, verbose: bool) -> None:
+    if not _main_rank():
+        raise typer.Exit(exc.exit_code)
     if verbose and exc.__cause__ is not None:
         import traceback
 
@@ -211,12 +213,50 @@ def check(
         "--color/--no-color", show_default=False,
         help="Colour the text report. Default: colour on a terminal unless NO_COLOR is set; FORCE_COLOR=1 "
              "forces it (for CI logs that show ANSI colours).")] = None,
+    fsdp: Annotated[bool, typer.Option(
+        "--fsdp", help="Under torchrun: shard the model with FSDP2 (fully_shard on each repeated block and the "
+                       "root) instead of plain data parallel.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")] = False,
 ) -> None:
     """Run a few instrumented forward/backward passes on MODEL and report gradient problems.
 
     With GITHUB_ACTIONS=true, findings are also printed as ::error/::warning workflow commands.
+    Under torchrun (WORLD_SIZE > 1) the ranks check slices of one global batch and reduce their
+    statistics; rank 0 writes the report.
     """
+    from gradcheck_cli import distributed
+
+    ctx = None
+    try:
+        if distributed.requested(fsdp):
+            ctx = distributed.start(fsdp, device.value if device else None, timeout)
+        elif fsdp:
+            raise InputError("--fsdp needs several processes: launch with torchrun --nproc-per-node N "
+                             "-m gradcheck_cli check MODEL --fsdp")
+    except GradcheckError as exc:
+        _fail(exc, verbose)
+    _state["rank"] = ctx.rank if ctx is not None else 0
+    try:
+        _check(model, batch, loss, input_shape, steps, format, output, config, fail_on, baseline, write_baseline,
+               seed, device, max_rows, timeout, color, verbose, ctx)
+    except typer.Exit as done:
+        code = done.exit_code
+        if ctx is not None:
+            code = distributed.agree_code(ctx, code)
+        distributed.finish(ctx)
+        raise typer.Exit(code) from None
+
+
+_state: dict = {"rank": 0}
+
+
+def _main_rank() -> bool:
+    """Under torchrun only rank 0 prints reports and errors that every rank agrees on."""
+    return _state["rank"] == 0
+
+
+def _check(model, batch, loss, input_shape, steps, format, output, config, fail_on, baseline,  # noqa: ANN001
+           write_baseline, seed, device, max_rows, timeout, color, verbose, ctx) -> None:
     from gradcheck_cli import config as cfg
     from gradcheck_cli.batches_shape import parse_shape
     from gradcheck_cli.findings import Suite
@@ -304,17 +344,20 @@ def _check_one(s, suite, target: dict, verbose: bool, single: bool) -> None:
                                   "where": None, "hint": None, "exit_code": 3})))
         return
     except GradcheckError as exc:
+        _rank_failed(exc, target, s.model)
         info = _error_info(exc, True)
         if single:
             _write_error(target, s.model, info)
             _fail(exc, verbose)
-        _say(f"error: {s.model}: {exc.one_line()}", markup=False)
+        if _main_rank():
+            _say(f"error: {s.model}: {exc.one_line()}", markup=False)
     except typer.Exit:
         raise
     except KeyboardInterrupt:
         err.print("error: interrupted")
         raise typer.Exit(130)
     except Exception as exc:   # a bug in gradcheck itself: say so, keep the traceback behind --verbose
+        _rank_failed(exc, target, s.model)
         info = {"type": "internal", "phase": _phase_now(True), "message": exc_line(exc), "where": None,
                 "hint": "re-run with --verbose and report it", "exit_code": EXIT_INTERNAL}
         if verbose:
@@ -403,6 +446,30 @@ def _resolved(outputs: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
 
 # `--output -` (or FORMAT:-) writes that report to stdout instead of a file.
 STDOUT = "-"
+def _rank_failed(exc: BaseException, target: dict, model: str | None) -> None:
+    """Under torchrun, an error the ranks did not agree on (one raised inside the passes, where the other
+    ranks may be waiting in a collective) ends this rank now with exit 3; the others follow with 3.
+    This rank prints its error (rank 0 also writes it to the --output files); a rank that only lost its
+    peers prints nothing."""
+    from gradcheck_cli import distributed
+
+    ctx = distributed.current()
+    if ctx is None or getattr(exc, "agreed", False):
+        return
+    if isinstance(exc, GradcheckError):
+        info, line = _error_info(exc, True), exc.one_line()
+    else:
+        info = {"type": "internal", "phase": _phase_now(True), "message": exc_line(exc), "where": None,
+                "hint": "re-run with --verbose and report it", "exit_code": EXIT_INTERNAL}
+        line = f"internal error in gradcheck: {exc_line(exc)}"
+    if distributed.peer_lost(exc):
+        info.update(message=f"rank {ctx.rank}: another rank ended during the {info['phase']} phase",
+                    exit_code=3)
+        _write_error(target, model, info)
+        distributed.fatal(exc, ctx, "", 3)
+    info.update(message=f"rank {ctx.rank}: {info['message']}", exit_code=3)
+    _write_error(target, model, info)
+    distributed.fatal(exc, ctx, f"error: rank {ctx.rank}: {line}", 3)
 
 
 def _parse_outputs(values: list[str], default_format: str | None) -> list[tuple[str, Path]]:
@@ -431,7 +498,7 @@ def _error_info(exc: GradcheckError, started: bool) -> dict:
 
 def _write_error(target: dict, model: str | None, error: dict) -> None:
     """With --output, a failed run still writes its reports (with the error) for CI to read."""
-    if not target.get("outputs"):
+    if not target.get("outputs") or not _main_rank():
         return
     from gradcheck_cli.report import write_error_file
 
@@ -475,6 +542,8 @@ def _check_output_path(output: Path | str | None, flag: str = "--output") -> Non
 
 
 def _emit(suite, settings, outputs: list[tuple[str, Path]], color: bool | None = None) -> None:
+    if not _main_rank():   # under torchrun, rank 0 writes the reports
+        return
     from gradcheck_cli import report as renderers
 
     to_stdout = None

@@ -104,6 +104,15 @@ class Report:
                     out[name].append(f.code)
         return out
 
+    @property
+    def distribution(self) -> str | None:
+        """How the run was distributed, for headers: "2 ranks (gloo, fsdp)"; None for one process."""
+        d = self.run.get("distributed") if isinstance(self.run, dict) else None
+        if not d:
+            return None
+        n = d.get("world_size")
+        return f"{n} rank{'s' if n != 1 else ''} ({d.get('backend')}, {d.get('strategy')})"
+
     def failing(self) -> list[Finding]:
         t = self.fail_on.threshold()
         return [] if t is None else [f for f in self.findings if f.active and f.severity.rank >= t]

@@ -76,21 +76,30 @@ def _classification_shaped(pred: torch.Tensor, token_input: bool) -> bool:
     return pred.dim() == 3 and token_input and pred.shape[-1] > 1
 
 
-def synth_target(kind: str, pred: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    shape = tuple(pred.shape)
+def synth_target(kind: str, pred: torch.Tensor, gen: torch.Generator, part: tuple[int, int, int] | None = None
+                 ) -> torch.Tensor:
+    """part: (lo, hi, B) when pred is rows lo:hi of a global batch of B (a rank under torchrun): the
+    global batch's targets are drawn and rows lo:hi returned, so N ranks see one process's targets."""
+    if part is not None and pred.dim() >= 1 and pred.shape[0] == part[1] - part[0]:
+        lo, hi, b = part
+        return _synth(kind, (b,) + tuple(pred.shape[1:]), pred.dtype, gen)[lo:hi].to(pred.device)
+    return _synth(kind, tuple(pred.shape), pred.dtype, gen).to(pred.device)
+
+
+def _synth(kind: str, shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
     if kind == "cross-entropy":
-        if pred.dim() == 3:                       # (B, T, V) language-model logits
+        if len(shape) == 3:                       # (B, T, V) language-model logits
             t = torch.randint(0, shape[-1], shape[:2], generator=gen)
-        elif pred.dim() >= 2:                     # (B, C) or (B, C, *spatial)
+        elif len(shape) >= 2:                     # (B, C) or (B, C, *spatial)
             t = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=gen)
         else:
             raise InputError(f"cross-entropy needs an output of shape (batch, classes, ...); got {shape}",
                              hint="pass --loss mse or a --loss callable")
     elif kind == "bce-with-logits":
-        t = torch.randint(0, 2, shape, generator=gen).to(pred.dtype)
+        t = torch.randint(0, 2, shape, generator=gen).to(dtype)
     else:
-        t = torch.randn(shape, generator=gen, dtype=torch.float32).to(pred.dtype)
-    return t.to(pred.device)
+        t = torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
+    return t
 
 
 def _cross_entropy(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -142,7 +151,7 @@ def compute(loss_fn: LossFn, output: Any, batch: Any, step: int, seed: int
     synthetic = target is None
     if synthetic:
         target = synth_target("cross-entropy" if kind == "callable" and _classification_shaped(
-            pred, batch.token_input) else kind, pred, gen)
+            pred, batch.token_input) else kind, pred, gen, getattr(batch, "part", None))
     loss = loss_fn.fn(output, target) if kind == "callable" else _BUILTIN_FN[kind](pred, target)
     desc = loss_fn.description if kind == "callable" else kind
     if synthetic:

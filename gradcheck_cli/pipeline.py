@@ -75,16 +75,31 @@ def _run_check(s: Settings) -> Report:
 
     # Seed the model's construction too, so a run (and a CI gate) is reproducible; fork_rng leaves the
     # caller's global RNG state as it was.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(s.seed)
-        set_phase("import")
-        obj = loading.load_object(s.model, what="model")
-        set_phase("build")
-        model = loading.build_model(obj, s.model)
-    refuse_unsupported(model)
-    set_phase("batch")
-    source = batches.make_batch_source(s.batch, s.input_shape, model, s.seed)
-    return check_loaded(model, source, loss_fn, s, device, t0, origin=obj)
+    from gradcheck_cli import distributed
+
+    ctx = distributed.current()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s.seed)
+            set_phase("import")
+            obj = loading.load_object(s.model, what="model")
+            set_phase("build")
+            model = loading.build_model(obj, s.model)
+        refuse_unsupported(model)
+        set_phase("batch")
+        source = batches.make_batch_source(s.batch, s.input_shape, model, s.seed)
+        if ctx is not None:   # under torchrun: the ranks agree that every one has a model, then shard
+            distributed.agree(ctx, None)
+            model = distributed.prepare_model(model, ctx, device)
+            if ctx.device is not None:
+                device = ctx.device
+            source = distributed.RankBatches(source, ctx)
+    except Exception as exc:
+        if ctx is not None and not isinstance(exc, distributed.PeerFailed):
+            distributed.agree(ctx, exc)
+        raise
+    driver = distributed.Driver(ctx, source) if ctx is not None else None
+    return check_loaded(model, source, loss_fn, s, device, t0, origin=obj, dist=driver)
 
 
 def refuse_unsupported(model: Any) -> None:
@@ -113,7 +128,7 @@ def refuse_unsupported(model: Any) -> None:
 
 
 def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any, t0: float,
-                 origin: Any = None) -> Report:
+                 origin: Any = None, dist: Any = None) -> Report:
     """The passes, the rules and the report for a model, batch source and loss already in hand.
     `origin` is what the spec named (class, factory or instance), for source locations."""
     from gradcheck_cli import sources
@@ -122,7 +137,7 @@ def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any
     refuse_unsupported(model)
     t1 = time.perf_counter()
     try:
-        result = run_passes(model, source, loss_fn, steps=s.steps, seed=s.seed, device=device)
+        result = run_passes(model, source, loss_fn, steps=s.steps, seed=s.seed, device=device, dist=dist)
     except GradcheckError as exc:
         add_hint(exc)
         raise
@@ -155,6 +170,7 @@ def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any
     report = make_report(result.stats, findings, spec=s.model, model_class=type(model).__name__,
                          settings=settings, fail_on=s.fail_on, timings=timings, notes=result.notes)
     report.model["source"] = where
+    report.run["distributed"] = dist.describe() if dist is not None else None
     if s.ignore:
         from gradcheck_cli.baseline import apply_ignores
 

@@ -44,6 +44,8 @@ class Accumulator:
         self.input_nonfinite = 0
         self.first_nonfinite_forward: str | None = None
         self.first_nonfinite_backward: str | None = None
+        # Distributed runs: [(kind, vector)] -> vectors reduced across ranks ("alive" masks, "time" profiles)
+        self.reduce_vectors: Any = None
 
     # -- one step ---------------------------------------------------------------------------------------------
 
@@ -190,6 +192,8 @@ class Accumulator:
                 vectors.append(layer.time_sq.to(torch.float32))
                 owners.append((layer, "time", layer.time_sq.numel()))
         flat: list[float] = []
+        if vectors and self.reduce_vectors is not None:
+            vectors = self.reduce_vectors([(what, v) for (_, what, _), v in zip(owners, vectors)])
         if vectors:
             dev = vectors[0].device
             flat = torch.cat([v.to(dev) for v in vectors]).cpu().tolist()

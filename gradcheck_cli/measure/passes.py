@@ -36,7 +36,7 @@ from gradcheck_cli.measure.accumulate import Accumulator
 from gradcheck_cli.measure.functional import FunctionalState, FunctionalWatch, module_at
 from gradcheck_cli.measure.hooks import Hooks
 from gradcheck_cli.measure.inventory import Inventory
-from gradcheck_cli.measure.record import Recorder
+from gradcheck_cli.measure.record import Recorder, StepRecord
 from gradcheck_cli.measure.weights import weight_stats
 
 
@@ -54,11 +54,20 @@ class Monitor:
         self.hooks = Hooks(self.inv, self.sink)
         self.functional = FunctionalState(self.hooks)
         self.acc = Accumulator(self.inv)
-        weight_stats(self.inv)
+        self.acc.reduce_vectors = getattr(self, "reduce_vectors", None)
+        self.weight_stats(self.inv)
         self.hooks.install()
         self.attached = True
         self.hooks.begin_pass()
         return self
+
+    def weight_stats(self, inv: Inventory) -> None:
+        """Weight statistics, once at attach (measure.distributed.DistMonitor: from sharded parameters)."""
+        weight_stats(inv)
+
+    def reduce(self, record: StepRecord) -> StepRecord:
+        """A step's record before it is folded (measure.distributed.DistMonitor: reduced across ranks)."""
+        return record
 
     def detach(self) -> None:
         if self.attached:
@@ -106,7 +115,7 @@ class Monitor:
             self.sink.add_vector(None, "loss", loss.detach().reshape(1).to(torch.float32))
         self.hooks.end_pass()
         self.hooks.emit_step_end()
-        record = self.sink.flush()
+        record = self.reduce(self.sink.flush())
         self.last_record = record
         self.hooks.begin_pass()
         if self.hooks.diagnose:
@@ -139,7 +148,7 @@ class PassResult:
 
 
 def run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, seed: int,
-               device: torch.device) -> PassResult:
+               device: torch.device, dist: Any = None) -> PassResult:
     """Run `steps` instrumented forward/backward passes; return statistics only (no tensors).
 
     Python's cyclic garbage collector is paused for the passes (and restored afterwards): the hooks
@@ -151,7 +160,7 @@ def run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, seed
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _run_passes(model, batches, loss_fn, steps=steps, seed=seed, device=device)
+        return _run_passes(model, batches, loss_fn, steps=steps, seed=seed, device=device, dist=dist)
     except BaseException as exc:
         release_frames(exc)
         raise
@@ -186,7 +195,9 @@ def release_frames(exc: BaseException) -> None:
 
 
 def _run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, seed: int,
-                device: torch.device) -> PassResult:
+                device: torch.device, dist: Any = None) -> PassResult:
+    """dist: a distributed.Driver under torchrun (its monitor reduces across ranks; it takes the
+    gradients), else None."""
     state = model_state.snapshot(model)
     cuda = model_state.seeded_devices(model, device)
     mon: Monitor | None = None
@@ -204,19 +215,21 @@ def _run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, see
                 raise UserCodeError(exc_line(exc), phase="build", where=f"{type(model).__name__}.train()",
                                     hint="gradcheck puts the model in training mode with model.train(); make "
                                          "that call work") from exc
-            mon = Monitor(model).attach()
+            mon = (Monitor(model) if dist is None else dist.monitor(model)).attach()
             result = _check_passes(mon, model, batches, loss_fn, steps=steps, seed=seed, device=device,
-                                   cuda=cuda)
+                                   cuda=cuda, dist=dist)
         finally:
             if mon is not None:
                 mon.detach()
+            if dist is not None:
+                dist.close()
             model_state.restore(model, state)
     result.notes.extend(state.notes)
     return result
 
 
 def _check_passes(mon: Monitor, model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, seed: int,
-                  device: torch.device, cuda: list[int]) -> PassResult:
+                  device: torch.device, cuda: list[int], dist: Any = None) -> PassResult:
     from gradcheck_cli import losses
 
     notes: list[str] = []
@@ -256,7 +269,10 @@ def _check_passes(mon: Monitor, model: nn.Module, batches: Any, loss_fn: Any, *,
             notes.append(note)
         set_phase("backward")
         try:
-            grads = torch.autograd.grad(loss, list(params) + list(mon.hooks.extra_inputs), allow_unused=True)
+            if dist is not None:   # the global loss's gradients (all-reduced, or FSDP's local shards)
+                loss, grads = dist.gradients(loss, params, mon.hooks.extra_inputs)
+            else:
+                grads = torch.autograd.grad(loss, list(params) + list(mon.hooks.extra_inputs), allow_unused=True)
         except (Exception, SystemExit) as exc:
             raise user_error("backward", exc, mon, batch) from exc
         del output

@@ -472,7 +472,8 @@ def render_report(report: Report, view: ReportView, idx: int, counter: list[int]
     p = [f'<section class="report" id="report-{idx}">',
          f'<header>{_badge(report.verdict)} <h2 class="spec"><code>{_e(m.get("spec"))}</code></h2>{where}',
          (f'<p class="meta">{_e(m.get("class"))} · {_plural(len(report.layers), "layer")} measured · '
-          f'{_e(fmt(m.get("parameters")))} parameters ({_e(_trainable(m))})</p>'),
+          f'{_e(fmt(m.get("parameters")))} parameters ({_e(_trainable(m))})'
+          f'{" · " + _e(report.distribution) if report.distribution else ""}</p>'),
          (f'<p class="counts">{_counts(c)} <span>exit {report.exit_code}</span>'
          f' <span>fail-on {_e(report.fail_on.value)}</span></p></header>'),
          "<h3>Gradient flow</h3>", chart(report, view)]

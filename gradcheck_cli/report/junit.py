@@ -41,6 +41,8 @@ def _suite_for_report(report: Report) -> ET.Element:
     props = ET.SubElement(ts, "properties")
     for k in ("steps", "seed", "device", "batch", "loss", "fail_on"):
         ET.SubElement(props, "property", name=k, value=str(report.settings.get(k)))
+    if report.distribution:
+        ET.SubElement(props, "property", name="distributed", value=report.distribution)
     failures = skipped = 0
     for r in RULES:
         case = ET.SubElement(ts, "testcase", classname=f"gradcheck.{spec}", name=f"{r.code} {r.id}", time="0")

@@ -32,7 +32,8 @@ def _report(report: Report, out: list[str], level: str) -> None:
     out.append(f"{level} {VERDICT[report.verdict]} {code(m['spec'])}")
     out.append("")
     out.append(f"{cell(m['class'])}, {plural(m['layers_measured'], 'layer')} measured, {fmt(m['parameters'])} parameters · "
-               f"{plural(s['steps'], 'step')}, seed {s['seed']}, {cell(s['device'])} · "
+               f"{plural(s['steps'], 'step')}, seed {s['seed']}, {cell(s['device'])}"
+               f"{', ' + cell(report.distribution) if report.distribution else ''} · "
                f"{count_phrase(report.counts(), len(report.suppressed_findings()))} · fail-on {report.fail_on.value} "
                f"→ exit {report.exit_code}")
     out.append("")

@@ -113,6 +113,9 @@ def sarif_log(suite: Suite) -> dict[str, Any]:
         "properties": {"models": [r.model["spec"] for r in suite.reports] + [e.spec for e in suite.errors],
                        "fail_on": suite.fail_on.value, "verdict": suite.verdict},
     }
+    distributed = [r.run.get("distributed") for r in suite.reports if r.run.get("distributed")]
+    if distributed:   # under torchrun: world size, backend, strategy
+        run["properties"]["distributed"] = distributed[0]
     return _json_safe({"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run]})
 
 

@@ -340,7 +340,8 @@ def report_lines(report: Report, view: ReportView, console: Console, max_rows: i
                     f"{fmt(m['parameters'])} parameters ({trainable})", width)
     lines += _field(console, "batch", _t(s["batch"]), width)
     lines += _field(console, "loss", _t(s["loss"]), width)
-    lines += _field(console, "run", f"{plural(s['steps'], 'step')}, seed {s['seed']}, {s['device']}; "
+    dist = f", {report.distribution}" if report.distribution else ""
+    lines += _field(console, "run", f"{plural(s['steps'], 'step')}, seed {s['seed']}, {s['device']}{dist}; "
                     f"{t.get('total_s', 0):.2f} s (load {t.get('load_s', 0):.2f}, passes {t.get('passes_s', 0):.2f}, "
                     f"analysis {t.get('analysis_s', 0):.2f})", width)
     lines.append(Text())
