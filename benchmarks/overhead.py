@@ -3,6 +3,7 @@
     python benchmarks/overhead.py                 # CPU, the four models, scale figures
     python benchmarks/overhead.py --device cuda   # on a GPU (peak memory from the CUDA allocator)
     python benchmarks/overhead.py --quick         # fewer rounds (a smoke run)
+    python benchmarks/overhead.py --processes-only [--threads 1]   # only the whole-process table
 
 For each model it times K passes (forward, loss, torch.autograd.grad over every trainable parameter)
 three ways, interleaved round by round in the same process:
@@ -14,6 +15,11 @@ Peak memory: the memory the K passes need above what the setup (model, batches) 
 torch.cuda.max_memory_allocated, on CPU from the heap bytes in use (glibc mallinfo2; the resident set
 elsewhere) sampled every half millisecond; each variant runs in a fresh subprocess that builds only
 its model.
+Whole processes: `gradcheck check benchmarks/process_models.py:NAME --steps 20` against
+`python benchmarks/process_models.py NAME --steps 20` (import torch, build, the same 20 passes), each
+run a fresh process, the two alternated round by round; wall time and peak resident set (the child's
+rusage) per run; the table gives the median ratio and its range over rounds, and `gradcheck --help`'s
+start-up time.
 Ratios, not absolute times, are the result: machines differ and this one is noisy.
 """
 from __future__ import annotations
@@ -26,7 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -254,15 +260,122 @@ def scale(device: torch.device, depths=(100, 300, 1000), width: int = 256, batch
     return rows
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Whole processes: import, build, 20 steps; `gradcheck check` vs a plain script doing the same passes
+# ----------------------------------------------------------------------------------------------------------
+
+PROCESS_MODELS = [("resnet", "small ResNet (3 stages, BatchNorm), 32x3x32x32"),
+                  ("mlp100", "MLP, 100 Linear+ReLU layers, width 256, batch 64"),
+                  ("lstm2", "2-layer LSTM, 32x64 tokens")]
+PROCESS_STEPS = 20
+
+
+def _run_child(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (user + system) and peak resident set (bytes), from the child's own
+    rusage. CPU time is the steadier figure on a shared machine (waiting for a core is not counted)."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    proc.stderr.close()
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {err.strip()[-400:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
+
+
+def processes(rounds: int, threads: int | None) -> Iterator[dict]:
+    """One row per model, as soon as it is measured."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from process_models import SHAPES
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "100"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    for name, desc in PROCESS_MODELS:
+        shape = ",".join(str(d) for d in SHAPES[name])
+        cmds = {
+            "plain": [sys.executable, "benchmarks/process_models.py", name, "--steps", str(PROCESS_STEPS)],
+            "gradcheck": [sys.executable, "-m", "gradcheck_cli", "check", f"benchmarks/process_models.py:{name}",
+                          "--steps", str(PROCESS_STEPS), "--input-shape", shape, "--device", "cpu"],
+        }
+        for cmd in cmds.values():   # warm the file cache
+            _run_child(cmd, env)
+        t: dict[str, list[float]] = {"plain": [], "gradcheck": []}
+        cpu: dict[str, list[float]] = {"plain": [], "gradcheck": []}
+        mem: dict[str, list[int]] = {"plain": [], "gradcheck": []}
+        for r in range(rounds):
+            for k in (("plain", "gradcheck") if r % 2 == 0 else ("gradcheck", "plain")):
+                wall, cpu_s, rss = _run_child(cmds[k], env)
+                print(f"  ({name} {k}: {wall:.2f} s wall, {cpu_s:.2f} s CPU, {rss / 2**20:.0f} MiB)", file=sys.stderr,
+                      flush=True)
+                t[k].append(wall)
+                cpu[k].append(cpu_s)
+                mem[k].append(rss)
+        ratios = [g / p for g, p in zip(t["gradcheck"], t["plain"])]
+        cpu_ratios = [g / p for g, p in zip(cpu["gradcheck"], cpu["plain"])]
+        yield ({"model": desc, "plain_s": statistics.median(t["plain"]),
+                     "gradcheck_s": statistics.median(t["gradcheck"]), "ratio": statistics.median(ratios),
+                     "ratio_min": min(ratios), "ratio_max": max(ratios),
+                     "plain_cpu_s": statistics.median(cpu["plain"]), "cpu_ratio": statistics.median(cpu_ratios),
+                     "cpu_ratio_min": min(cpu_ratios), "cpu_ratio_max": max(cpu_ratios),
+                     "memory_ratio": statistics.median(mem["gradcheck"]) / statistics.median(mem["plain"])})
+
+
+def help_time(runs: int = 9) -> tuple[float, bool]:
+    """Median seconds of `gradcheck --help`, and whether it imported torch (python -X importtime)."""
+    cmd = [sys.executable, "-m", "gradcheck_cli", "--help"]
+    env = {**os.environ, "COLUMNS": "100"}
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, check=True)
+        times.append(time.perf_counter() - t)
+    res = subprocess.run([sys.executable, "-X", "importtime", *cmd[1:]], cwd=ROOT, env=env, capture_output=True,
+                         text=True)
+    torch_imported = any(line.rstrip().endswith("| torch") for line in res.stderr.splitlines())
+    return statistics.median(times), torch_imported
+
+
+def print_processes(rounds: int, threads: int | None) -> list[dict]:
+    print(f"\nWhole processes (import, build, {PROCESS_STEPS} steps): `gradcheck check` vs a plain script doing "
+          f"the same passes; {rounds} rounds, runs alternated; OMP_NUM_THREADS={threads or 'unset'}")
+    print("| model | plain wall s | wall gradcheck / plain (range) | plain CPU s | CPU gradcheck / plain (range) "
+          "| peak RSS gradcheck / plain |")
+    print("|---|---|---|---|---|---|")
+    rows = []
+    for r in processes(rounds, threads):
+        rows.append(r)
+        print(f"| {r['model']} | {r['plain_s']:.2f} | {r['ratio']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | "
+              f"{r['plain_cpu_s']:.2f} | {r['cpu_ratio']:.2f} ({r['cpu_ratio_min']:.2f}-{r['cpu_ratio_max']:.2f}) | "
+              f"{r['memory_ratio']:.2f} |", flush=True)
+    for what, key in (("wall", "ratio"), ("CPU", "cpu_ratio")):
+        ratios = [r[key] for r in rows]
+        print(f"{what} time gradcheck/plain: median over models {statistics.median(ratios):.2f} (target <= 1.10), "
+              f"worst {max(ratios):.2f} (target <= 1.25)")
+    print(f"peak RSS gradcheck/plain: worst {max(r['memory_ratio'] for r in rows):.2f} (target <= 1.2)")
+    h, imported = help_time()
+    print(f"`gradcheck --help`: median {h:.3f} s over 9 runs (target < 0.3 s); imports torch: {imported}")
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--quick", action="store_true", help="5 rounds, no memory subprocesses, depths 100/300")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--processes-only", action="store_true", help="only the whole-process table")
+    ap.add_argument("--process-rounds", type=int, default=5, help="rounds of the whole-process table")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="OMP_NUM_THREADS for the whole-process runs (both variants; default: unset)")
     args = ap.parse_args()
     if args.child:
         peak_memory_child(int(args.child[0]), args.child[1], args.device)
+        return 0
+    if args.processes_only:
+        print_processes(3 if args.quick else args.process_rounds, args.threads)
         return 0
     device = torch.device(args.device)
     rounds = 5 if args.quick else args.rounds
@@ -290,6 +403,8 @@ def main() -> int:
     for r in scale(device, depths=(100, 300) if args.quick else (100, 300, 1000)):
         print(f"| {r['depth']} | {r['plain_ms_per_layer']:.3f} | {r['gradcheck_ms_per_layer']:.3f} | {r['ratio']:.2f} |",
               flush=True)
+    if device.type == "cpu":
+        print_processes(3 if args.quick else args.process_rounds, args.threads)
     return 0
 
 

@@ -365,3 +365,20 @@ def test_no_cli_option_is_named_in_the_measuring_code():
     for path in pathlib.Path(M.__file__).parent.glob("*.py"):
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"--[a-z][a-z-]+", text), f"{path.name} names a CLI option"
+
+
+def test_shared_parameters_are_attributed_explicitly():
+    from gradcheck_cli.measure import Inventory
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(20, 8)
+            self.head = nn.Linear(8, 20, bias=False)
+            self.head.weight = self.emb.weight
+
+    inv = Inventory(Tied())
+    assert inv.param_names == ["emb.weight"]
+    assert inv.shared == {"emb.weight": ["head"]}, "the second holder is listed, not silently dropped"
+    owners = {layer.name: layer.owned for layer in inv.layers}
+    assert owners["emb"] == [0] and owners["head"] == []

@@ -77,12 +77,12 @@ class Accumulator:
                 grad_sq[slot] = grad_sq.get(slot, 0.0) + v * inv2   # sums of squares add up over calls
             elif name == "sat":
                 self.sat[slot] = self.sat.get(slot, 0.0) + v
-            elif name == "sat_n":
-                self.sat_n[slot] = self.sat_n.get(slot, 0.0) + v
-            elif name == "calls":
-                self.calls[slot] = self.calls.get(slot, 0.0) + v
             elif name == "dead" and v == 0:
                 layers[slot].all_alive = True   # a unit that fired once can never be "dead in every pass" again
+        for key, totals in (("calls", self.calls), ("sat_n", self.sat_n)):   # vectors by layer slot
+            for slot, v in enumerate(extras.get(key, ())):
+                if v:
+                    totals[slot] = totals.get(slot, 0.0) + v
         for slot, sq in grad_sq.items():
             self.layer_grad_norms.setdefault(slot, []).append(math.sqrt(sq))
         self.steps += 1

@@ -10,6 +10,7 @@ pass even when the caller keeps the graph (or an exception holding it) alive.
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from typing import Any, Callable
 
 import torch
@@ -20,6 +21,25 @@ from gradcheck_cli.losses import primary_tensor
 from gradcheck_cli.measure import kernels as K
 from gradcheck_cli.measure.inventory import CHANNEL_FIRST_TYPES, Inventory, Layer
 from gradcheck_cli.measure.record import Recorder
+from torch.utils.hooks import RemovableHandle
+
+
+def add_tensor_hook(t: torch.Tensor, hook: Callable, handles: list) -> None:
+    """Tensor.register_hook without its Python wrapper's cost (a handle object and a torch-function
+    check per call; several microseconds, once per layer output and pass): for plain tensors the
+    same steps, with ids from the same counter, and (hooks dict, id) kept to remove it."""
+    if type(t) is not torch.Tensor:   # subclasses may override register_hook
+        handles.append(t.register_hook(hook))
+        return
+    hooks = t._backward_hooks
+    if hooks is None:
+        hooks = t._backward_hooks = OrderedDict()
+        if t.grad_fn is not None:
+            t.grad_fn._register_hook_dict(t)
+    key = RemovableHandle.next_id
+    RemovableHandle.next_id += 1
+    hooks[key] = hook
+    handles.append((hooks, key))
 
 
 class Hooks:
@@ -36,6 +56,7 @@ class Hooks:
         self.call_counter = itertools.count()   # first-call order over the run (depth order)
         self.fwd_seq = itertools.count()        # event order within a pass
         self.bwd_seq = itertools.count()
+        self.step_index = 0                     # normal steps closed so far
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -65,17 +86,25 @@ class Hooks:
         if self.diagnose:
             return
         sink = self.sink
-        for layer in self.inv.layers:
-            if layer.step_calls:
-                sink.add_host(layer.slot, "calls", layer.step_calls)
-            if layer.step_sat_n:
-                sink.add_host(layer.slot, "sat_n", layer.step_sat_n)
-            if layer.alive is not None and not layer.all_alive:
-                sink.add(layer.slot, "dead", layer.alive.le(0).sum(dtype=torch.float32))
+        layers = self.inv.layers
+        sink.add_host_vector(None, "calls", [layer.step_calls for layer in layers])
+        sink.add_host_vector(None, "sat_n", [layer.step_sat_n for layer in layers])
+        # Whether every unit of a ReLU layer has fired (then it needs no more tracking): asked after
+        # steps 1, 2, 4, 8, ... only (two kernels per layer); the dead units themselves come from the
+        # per-unit maxima at the end of the run, so asking less often loses nothing.
+        n = self.step_index + 1
+        if n & (n - 1) == 0:
+            for layer in layers:
+                if layer.alive is not None and not layer.all_alive:
+                    sink.add(layer.slot, "dead", layer.alive.le(0).sum(dtype=torch.float32))
+        self.step_index = n
 
     def end_pass(self) -> None:
         for h in self.tensor_handles:
-            h.remove()
+            if type(h) is tuple:
+                h[0].pop(h[1], None)
+            else:
+                h.remove()
         self.tensor_handles.clear()
 
     # -- forward ----------------------------------------------------------------------------------------------
@@ -115,7 +144,7 @@ class Hooks:
         if out.requires_grad:
             if layer.grad_hook is None:
                 layer.grad_hook = self.grad_hook(layer)
-            self.tensor_handles.append(out.register_hook(layer.grad_hook))
+            add_tensor_hook(out, layer.grad_hook, self.tensor_handles)
 
     def track_alive(self, layer: Layer, d: torch.Tensor) -> None:
         """Running per-unit maximum of the output (units: features, or channels for convolutions);
@@ -171,7 +200,7 @@ class Hooks:
                 # A fresh view: its gradient is what flows back through this layer only, not the input's
                 # total gradient (which a skip connection around the RNN would add to).
                 x = x.view_as(x)
-            self.tensor_handles.append(x.register_hook(self.time_hook(layer, time_dim)))
+            add_tensor_hook(x, self.time_hook(layer, time_dim), self.tensor_handles)
             return (x,) + tuple(args[1:])
         return pre_hook
 

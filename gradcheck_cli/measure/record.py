@@ -39,8 +39,8 @@ class Key:
 KEYS: dict[str, Key] = {k.name: k for k in (
     Key("g", Reduce.SUM, "sum of squares of dLoss/dOutput over a layer's calls in the step", grad_power=2),
     Key("sat", Reduce.SUM, "sigmoid/tanh outputs whose derivative is below 1% of its maximum"),
-    Key("sat_n", Reduce.SUM, "sigmoid/tanh outputs seen (the denominator of sat)"),
-    Key("calls", Reduce.SUM, "forward calls of a layer in the step"),
+    Key("sat_n", Reduce.SUM, "sigmoid/tanh outputs seen (the denominator of sat), per layer (a vector)"),
+    Key("calls", Reduce.SUM, "forward calls in the step, per layer (a vector by layer slot)"),
     Key("dead", Reduce.MIN, "ReLU units not yet seen above 0 in the run so far"),
     Key("out", Reduce.ANY, "diagnosis: a layer output held NaN/Inf"),
     Key("op", Reduce.ANY, "diagnosis: a watched op's output held NaN/Inf"),
@@ -118,7 +118,7 @@ class Recorder:
         self.scalar_keys: list[tuple[Any, str, int]] = []
         self.vectors: list[torch.Tensor] = []
         self.vector_keys: list[tuple[Any, str, int]] = []
-        self.host: list[tuple[Any, str, float]] = []   # values already on the host (counts)
+        self.host: list[tuple[Any, str, list]] = []    # values already on the host (counts)
 
     def add(self, slot: Any, name: str, value: torch.Tensor, seq: int = 0) -> None:
         """A 0-d float32 statistic (the caller computes it with dtype=torch.float32)."""
@@ -130,7 +130,10 @@ class Recorder:
         self.vector_keys.append((slot, name, 0))
 
     def add_host(self, slot: Any, name: str, value: float) -> None:
-        self.host.append((slot, name, float(value)))
+        self.host.append((slot, name, [float(value)]))
+
+    def add_host_vector(self, slot: Any, name: str, values: list[float]) -> None:
+        self.host.append((slot, name, values))
 
     def clear(self) -> None:
         self.scalars, self.scalar_keys, self.vectors, self.vector_keys, self.host = [], [], [], [], []
@@ -150,9 +153,9 @@ class Recorder:
             n = v.numel()
             entries.append((slot, name, pos, n, seq))
             pos += n
-        for slot, name, value in self.host:
-            entries.append((slot, name, pos, 1, 0))
-            flat.append(value)
-            pos += 1
+        for slot, name, values in self.host:
+            entries.append((slot, name, pos, len(values), 0))
+            flat.extend(values)
+            pos += len(values)
         self.clear()
         return StepRecord(entries=entries, values=flat)
