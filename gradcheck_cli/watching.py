@@ -61,7 +61,8 @@ class Watch:
     def __init__(self, model: Any, *, every: int = 50, fail_on: str | FailOn = "warning",
                  stop_on: str | None = None, output: str | Iterable[str] | None = None,
                  rules: dict[str, dict[str, Any]] | None = None, name: str | None = None,
-                 distributed: bool | None = None, raise_on_stop: bool = True, framework: str = "loop") -> None:
+                 distributed: bool | None = None, raise_on_stop: bool = True, framework: str = "loop",
+                 lazy: bool = False) -> None:
         import torch.nn as nn
 
         from gradcheck_cli.config import load_rules_mapping
@@ -85,7 +86,7 @@ class Watch:
         self.analysis_s = 0.0
         from gradcheck_cli.measure.monitor import TrainingMonitor
 
-        self.monitor = TrainingMonitor(model, every=every, distributed=distributed)
+        self.monitor = TrainingMonitor(model, every=every, distributed=distributed, lazy=lazy)
         self.findings: list[Finding] = []
         self.stopped = False
         self.stop_step: int | None = None
