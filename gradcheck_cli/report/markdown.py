@@ -10,6 +10,7 @@ from typing import TextIO
 
 from gradcheck_cli.findings import Finding, ModelError, Report, Severity, Suite
 from gradcheck_cli.numbers import count_phrase, fmt
+from gradcheck_cli.report.text import run_detail
 
 ICONS = {Severity.ERROR: "🔴", Severity.WARNING: "🟡", Severity.INFO: "🔵"}
 VERDICT = {"pass": "✅ PASS", "fail": "❌ FAIL", "error": "⛔ ERROR"}
@@ -38,7 +39,7 @@ def _report(report: Report, out: list[str], level: str) -> None:
     out.append(f"{level} {VERDICT[report.verdict]} {code(m['spec'])}")
     out.append("")
     out.append(f"{cell(m['class'])}, {fmt(m['parameters'])} parameters, {m['layers_measured']} layers measured · "
-               f"{s['steps']} steps, seed {s['seed']}, {cell(s['device'])} · "
+               f"{s['steps']} steps, {run_detail(s)}, {cell(s['device'])} · "
                f"{count_phrase(report.counts(), len(report.suppressed_findings()))} · fail-on {report.fail_on.value} "
                f"→ exit {report.exit_code}")
     out.append("")

@@ -190,6 +190,13 @@ def render_error(e: ModelError, console: Console) -> None:
     console.print(line)
 
 
+def run_detail(s: dict) -> str:
+    """`seed N` for a check; for a watched training run (no seed of ours) which steps were measured."""
+    if s.get("seed") is None and "every" in s:
+        return f"{s.get('measured_steps')} measured (every {s['every']})"
+    return f"seed {s.get('seed')}"
+
+
 def render_report(report: Report, console: Console, max_rows: int = 40) -> None:
     m, s, t = report.model, report.settings, report.timings
     head = Text()
@@ -203,7 +210,7 @@ def render_report(report: Report, console: Console, max_rows: int = 40) -> None:
     head.append("loss   ", style="dim")
     head.append(f"{s['loss']}\n")
     head.append("run    ", style="dim")
-    head.append(f"{s['steps']} steps, seed {s['seed']}, {s['device']}; "
+    head.append(f"{s['steps']} steps, {run_detail(s)}, {s['device']}; "
                 f"{t.get('total_s', 0):.2f} s (load {t.get('load_s', 0):.2f}, passes {t.get('passes_s', 0):.2f}, "
                 f"analysis {t.get('analysis_s', 0):.2f})")
     console.print(head)
