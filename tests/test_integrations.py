@@ -256,3 +256,49 @@ def test_trainer_too_large_learning_rate_is_caught_and_stops_early(tmp_path):
     assert ("GC103", "error") in {(f.code, f.severity.value) for f in cb.report.findings}
     assert json.loads((tmp_path / "report.json").read_text())["summary"]["verdict"] == "fail"
     assert not hooked(model)
+
+
+TRAINER_DDP = textwrap.dedent("""
+    import json, sys, torch, transformers
+    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+    from gradcheck_cli.integrations.transformers import GradcheckCallback
+
+    transformers.logging.set_verbosity_error()
+
+    class Tokens(torch.utils.data.Dataset):
+        def __init__(self):
+            self.x = torch.randint(0, 64, (256, 16), generator=torch.Generator().manual_seed(0))
+        def __len__(self):
+            return len(self.x)
+        def __getitem__(self, i):
+            return {"input_ids": self.x[i], "labels": self.x[i]}
+
+    out = sys.argv[1]
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2))
+    cb = GradcheckCallback(every=2, output=[f"json:{out}/report.json"])
+    args = TrainingArguments(output_dir=f"{out}/o", max_steps=4, per_device_train_batch_size=4, report_to=[],
+                             use_cpu=True, save_strategy="no", disable_tqdm=True, ddp_backend="gloo")
+    Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=[cb]).train()
+    r = cb.report
+    with open(f"{out}/rank{args.process_index}.json", "w") as fh:
+        json.dump({"ranks": r.settings["ranks"], "total": r.run["total_grad_norm"], "loss": r.run["losses"],
+                   "verdict": r.verdict}, fh)
+""")
+
+
+@needs_trainer
+@pytest.mark.slow
+def test_trainer_under_torchrun_two_cpu_ranks(tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(TRAINER_DDP)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", str(_free_port()), str(script), str(tmp_path)],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0] == ranks[1] and ranks[0]["ranks"] == 2 and ranks[0]["verdict"] == "pass"
+    # the global batch's mean token loss, about ln(64) = 4.16 untrained (not half of it, nor twice)
+    assert len(ranks[0]["loss"]) == 2 and all(3.5 < v < 4.5 for v in ranks[0]["loss"])
+    assert json.loads((tmp_path / "report.json").read_text())["summary"]["verdict"] == "pass"

@@ -88,7 +88,8 @@ def _build() -> type:
             w.monitor.begin_step()
             self._losses = []
             if self._loss_handle is None:
-                self._loss_handle = w.model.register_forward_hook(self._grab_loss)
+                self._loss_handle = w.model.register_forward_hook(self._grab_loss, with_kwargs=True)
+            self._args = args
             if args.max_grad_norm and args.max_grad_norm > 0:
                 if _own_clipping(args):
                     self._clipped_reads += 1
@@ -96,11 +97,15 @@ def _build() -> type:
                     self._saved_clip = args.max_grad_norm
                     args.max_grad_norm = 0.0   # the Trainer skips clipping; we clip after reading
 
-        def _grab_loss(self, module: Any, inputs: Any, output: Any) -> None:
+        def _grab_loss(self, module: Any, inputs: Any, kwargs: Any, output: Any) -> None:
             loss = getattr(output, "loss", None)
             if loss is None and isinstance(output, dict):
                 loss = output.get("loss")
             if loss is not None and hasattr(loss, "detach") and module.training:
+                # Given num_items_in_batch, the model divides by the token count of the whole step (every
+                # micro-batch, and every rank with average_tokens_across_devices): the step's loss is then
+                # the sum of the micro-batches' (times the ranks); otherwise each is a mean.
+                self._loss_is_share = kwargs.get("num_items_in_batch") is not None
                 self._losses.append(loss.detach().float().mean())
 
         def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None,
@@ -113,7 +118,12 @@ def _build() -> type:
                 self._loss_handle = None
             loss = None
             if w.monitor.hooked and self._losses:
-                loss = sum(self._losses) / len(self._losses)
+                if getattr(self, "_loss_is_share", False):
+                    ranks = w.monitor.ranks
+                    world = ranks.world if ranks is not None and getattr(args, "average_tokens_across_devices", False) else 1
+                    loss = sum(self._losses) * world
+                else:
+                    loss = sum(self._losses) / len(self._losses)
             self._losses = []
             try:
                 info = w.step(loss, grads_unscaled=True, grad_scale=_loss_scale(optimizer))
