@@ -18,3 +18,19 @@ def assert_healthy_gradients(*args, **kwargs):
     from gradcheck_cli.api import assert_healthy_gradients as _assert
 
     return _assert(*args, **kwargs)
+
+
+def watch(model, **kwargs):
+    """Watch a model's gradients in your own training loop: `monitor.step(loss)` after each backward,
+    `monitor.close()` at the end (see gradcheck_cli.watching.watch)."""
+    from gradcheck_cli.watching import watch as _watch
+
+    return _watch(model, **kwargs)
+
+
+def __getattr__(name):
+    if name in ("GradcheckStop", "Watch"):
+        from gradcheck_cli import watching
+
+        return getattr(watching, name)
+    raise AttributeError(f"module 'gradcheck_cli' has no attribute {name!r}")

@@ -11,6 +11,7 @@ from typing import TextIO
 from gradcheck_cli.findings import Finding, ModelError, Report, Severity, Suite
 from gradcheck_cli.numbers import count_phrase, fmt, plural
 from gradcheck_cli.report import escape
+from gradcheck_cli.report.text import run_detail
 
 ICONS = {Severity.ERROR: "🔴", Severity.WARNING: "🟡", Severity.INFO: "🔵"}
 VERDICT = {"pass": "✅ PASS", "fail": "❌ FAIL", "error": "⛔ ERROR"}
@@ -32,7 +33,7 @@ def _report(report: Report, out: list[str], level: str) -> None:
     out.append(f"{level} {VERDICT[report.verdict]} {code(m['spec'])}")
     out.append("")
     out.append(f"{cell(m['class'])}, {plural(m['layers_measured'], 'layer')} measured, {fmt(m['parameters'])} parameters · "
-               f"{plural(s['steps'], 'step')}, seed {s['seed']}, {cell(s['device'])}"
+               f"{plural(s['steps'], 'step')}, {run_detail(s)}, {cell(s['device'])}"
                f"{', ' + cell(report.distribution) if report.distribution else ''} · "
                f"{count_phrase(report.counts(), len(report.suppressed_findings()))} · fail-on {report.fail_on.value} "
                f"→ exit {report.exit_code}")

@@ -320,6 +320,13 @@ def error_lines(e: ModelError, console: Console, width: int | None) -> list[Text
     return [head] + _wrap(console, line, width, indent=9)
 
 
+def run_detail(s: dict) -> str:
+    """`seed N` for a check; for a watched training run (no seed of ours) which steps were measured."""
+    if s.get("seed") is None and "every" in s:
+        return f"{s.get('measured_steps')} measured (every {s['every']})"
+    return f"seed {s.get('seed')}"
+
+
 def _field(console: Console, label: str, value: str, width: int | None) -> list[Text]:
     first = Text()
     first.append(f"{label:<7}", style="dim")
@@ -341,7 +348,7 @@ def report_lines(report: Report, view: ReportView, console: Console, max_rows: i
     lines += _field(console, "batch", _t(s["batch"]), width)
     lines += _field(console, "loss", _t(s["loss"]), width)
     dist = f", {report.distribution}" if report.distribution else ""
-    lines += _field(console, "run", f"{plural(s['steps'], 'step')}, seed {s['seed']}, {s['device']}{dist}; "
+    lines += _field(console, "run", f"{plural(s['steps'], 'step')}, {run_detail(s)}, {s['device']}{dist}; "
                     f"{t.get('total_s', 0):.2f} s (load {t.get('load_s', 0):.2f}, passes {t.get('passes_s', 0):.2f}, "
                     f"analysis {t.get('analysis_s', 0):.2f})", width)
     lines.append(Text())

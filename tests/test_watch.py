@@ -1,0 +1,241 @@
+"""gradcheck_cli.watch in a plain training loop: measured steps only, the report, stop_on, DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn as nn  # noqa: E402
+
+import gradcheck_cli  # noqa: E402
+from gradcheck_cli.errors import InputError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+
+
+def data(n: int = 256):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 16, generator=g), torch.randint(0, 4, (n,), generator=g)
+
+
+def hooked(model: nn.Module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules())
+
+
+def train(model, monitor, lr, steps=20, nan_at=None):
+    """The contract's loop; returns which steps ran with hooks on the model."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    x, y = data()
+    seen = []
+    for step in range(steps):
+        seen.append(hooked(model))
+        loss = nn.functional.cross_entropy(model(x), y)
+        if step == nan_at:
+            loss = loss * float("nan")
+        opt.zero_grad()
+        loss.backward()
+        monitor.step(loss)
+        if step != nan_at:
+            opt.step()
+    return seen
+
+
+def test_healthy_loop_is_silent_and_hooks_only_measured_steps(tmp_path):
+    model = mlp()
+    out = tmp_path / "r.json"
+    mon = gradcheck_cli.watch(model, every=5, output=[f"json:{out}"])
+    seen = train(model, mon, lr=0.1)
+    report = mon.close()
+    assert report.verdict == "pass" and report.findings == []
+    assert [i for i, h in enumerate(seen) if h] == [0, 5, 10, 15]
+    assert not hooked(model)
+    assert report.settings["steps"] == 20 and report.settings["measured_steps"] == 4
+    doc = json.loads(out.read_text())
+    assert doc["summary"]["verdict"] == "pass"
+    assert len(doc["layers"]) == len(report.layers) > 0
+    # the series holds the measured steps' values; the losses go down on a healthy run
+    series = mon.monitor.mon.acc
+    assert len(series.total_norms) == 4 and series.losses[-1] < series.losses[0]
+    assert mon.close() is report   # idempotent
+
+
+def test_report_validates_against_the_schema_and_renders(tmp_path):
+    jsonschema = pytest.importorskip("jsonschema")
+    from gradcheck_cli.report import render
+
+    model = mlp()
+    mon = gradcheck_cli.watch(model, every=4)
+    train(model, mon, lr=0.1, steps=8)
+    report = mon.close()
+    schema = json.loads((ROOT / "gradcheck_cli" / "report" / "schema.json").read_text())
+    jsonschema.validate(report.to_dict(), schema)
+    import io
+
+    for fmt in ("text", "markdown", "html", "junit", "sarif"):
+        buf = io.StringIO()
+        render(report, fmt, buf, color=False, width=100)
+        assert buf.getvalue()
+    text = io.StringIO()
+    render(report, "text", text, color=False, width=100)
+    assert "8 steps" in text.getvalue() and "every 4" in text.getvalue()
+
+
+def test_too_large_learning_rate_is_caught_and_written(tmp_path):
+    model = mlp()
+    out = tmp_path / "r.html"
+    mon = gradcheck_cli.watch(model, every=5, output=[str(out)])
+    train(model, mon, lr=1e5)
+    report = mon.close()
+    codes = {(f.code, f.severity.value) for f in report.findings}
+    assert ("GC103", "error") in codes, codes
+    assert report.exit_code == 1
+    assert "GC103" in out.read_text()
+
+
+def test_stop_on_error_raises_after_writing_and_before_the_bad_update(tmp_path):
+    model = mlp()
+    out = tmp_path / "r.json"
+    mon = gradcheck_cli.watch(model, every=5, stop_on="error", output=[f"json:{out}"])
+    with pytest.raises(gradcheck_cli.GradcheckStop) as info:
+        train(model, mon, lr=1e5)
+    exc = info.value
+    assert exc.step < 19
+    assert "gradcheck stopped training at step" in str(exc) and str(out) in str(exc)
+    assert exc.findings and all(f.severity.value == "error" for f in exc.findings)
+    assert json.loads(out.read_text())["summary"]["verdict"] == "fail"
+    assert exc.report.settings["stopped_at_step"] == exc.step
+    assert not hooked(model)
+    # raised before optimizer.step(): the NaN gradient never reached the weights
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_step_after_a_nonfinite_loss_is_measured_and_diagnosed():
+    model = mlp()
+    mon = gradcheck_cli.watch(model, every=10)
+    seen = train(model, mon, lr=0.05, steps=12, nan_at=3)
+    report = mon.close()
+    assert [i for i, h in enumerate(seen) if h] == [0, 4, 10]
+    f = [f for f in report.findings if f.code == "GC103"]
+    assert f and "1 of 12 steps" in f[0].message
+    assert any("step 3" in n for n in report.notes)
+
+
+def test_loss_scale_divides_the_statistics():
+    """AMP-style: a backward of loss * S with grad_scale=S gives the statistics of the plain backward."""
+    x, y = data(64)
+    norms = []
+    for scale in (1.0, 1024.0):
+        model = mlp()
+        mon = gradcheck_cli.watch(model, every=1)
+        loss = nn.functional.cross_entropy(model(x), y)
+        (loss * scale).backward()
+        mon.step(loss, grad_scale=scale)
+        r = mon.close()
+        norms.append((r.run["total_grad_norm"], [l["output_grad_norm"] for l in r.layers]))
+    assert norms[0][0] == pytest.approx(norms[1][0], rel=1e-4)
+    for a, b in zip(norms[0][1], norms[1][1]):
+        if a is not None:
+            assert a == pytest.approx(b, rel=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"every": 0}, "every=0"),
+    ({"stop_on": "fatal"}, "stop_on='fatal'"),
+    ({"fail_on": "sometimes"}, "fail_on='sometimes'"),
+    ({"output": ["pdf:r.pdf"]}, "unknown format 'pdf'"),
+    ({"rules": {"no-such-rule": {}}}, "no-such-rule"),
+])
+def test_bad_arguments_are_one_line_input_errors(kwargs, words):
+    with pytest.raises(InputError) as info:
+        gradcheck_cli.watch(mlp(), **kwargs)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_not_a_module():
+    with pytest.raises(InputError, match="needs an nn.Module"):
+        gradcheck_cli.watch("model.py:build")
+
+
+def test_watch_function_is_not_shadowed_by_its_module():
+    import gradcheck_cli.watching  # noqa: F401
+
+    assert callable(gradcheck_cli.watch) and gradcheck_cli.watch.__module__ == "gradcheck_cli"
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    import torch, torch.distributed as dist, torch.nn as nn
+    import gradcheck_cli
+
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+
+    g = torch.Generator().manual_seed(1)
+    X, Y = torch.randn(64, 16, generator=g), torch.randint(0, 4, (64,), generator=g)
+    out = sys.argv[1]
+    if sys.argv[2] == "single":
+        model = build()
+        mon = gradcheck_cli.watch(model, every=1)
+        loss = nn.functional.cross_entropy(model(X), Y)
+        loss.backward()
+        mon.step(loss)
+        r = mon.close()
+    else:
+        dist.init_process_group("gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        model = build()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        mon = gradcheck_cli.watch(model, every=1, output=[f"json:{out}/report.json"])
+        n = len(X) // world
+        loss = nn.functional.cross_entropy(ddp(X[rank * n:(rank + 1) * n]), Y[rank * n:(rank + 1) * n])
+        loss.backward()
+        mon.step(loss)
+        r = mon.close()
+        dist.destroy_process_group()
+    name = "single" if sys.argv[2] == "single" else f"rank{dist.get_rank() if dist.is_initialized() else rank}"
+    with open(f"{out}/{name}.json", "w") as fh:
+        json.dump({"total": r.run["total_grad_norm"], "loss": r.run["losses"],
+                   "out": [l["output_grad_norm"] for l in r.layers]}, fh)
+""")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_reduce_to_the_single_process_statistics(tmp_path):
+    script = tmp_path / "ddp_watch.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2",
+           "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), str(tmp_path), "single"], check=True, env=env, timeout=120)
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), "ddp"],
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(2)]
+    assert [p.wait(timeout=180) for p in procs] == [0, 0]
+    single = json.loads((tmp_path / "single.json").read_text())
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0] == ranks[1]                      # every rank has the reduced statistics
+    assert ranks[0]["total"] == pytest.approx(single["total"], rel=1e-4)
+    assert ranks[0]["loss"][0] == pytest.approx(single["loss"][0], rel=1e-5)
+    for a, b in zip(ranks[0]["out"], single["out"]):
+        if b is not None and not math.isnan(b):
+            assert a == pytest.approx(b, rel=1e-4)
+    assert (tmp_path / "report.json").exists()       # rank 0 wrote the report
