@@ -73,6 +73,12 @@ class OutputFormat(str, Enum):
     html = "html"
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -144,6 +150,19 @@ def check(
     timeout: Annotated[Optional[float], typer.Option(
         min=0.001, help="Stop with exit 3, naming the phase, when the run takes longer than this many seconds "
                         "(a forward pass that never returns); for CI \\[default: off].")] = None,
+    train_steps: Annotated[Optional[int], typer.Option(
+        "--train-steps", min=0, help="After the check, train a deep copy of the model for this many real steps "
+                                     "(forward, loss, backward, optimizer step) and judge the trajectory; the model "
+                                     "itself is left untouched \\[default: 0, off].")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(
+        help="For --train-steps: sgd (momentum 0.9, lr 1e-2), adam (lr 1e-3), adamw (lr 1e-3, weight decay 0.01), "
+             "or FILE.py:NAME / pkg.mod:NAME, a factory called with the model (when its first parameter is named "
+             "model) or with model.parameters(), returning an optimizer or (optimizer, scheduler) "
+             "\\[default: adam].")] = None,
+    lr: Annotated[Optional[float], typer.Option(
+        help="For --train-steps: the learning rate (overrides the optimizer's default).")] = None,
+    precision: Annotated[Optional[Precision], typer.Option(
+        help="For --train-steps: fp32, or bf16/fp16 under torch.autocast (fp16 with a GradScaler) \\[default: fp32].")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")] = False,
 ) -> None:
     """Run a few instrumented forward/backward passes on MODEL and report gradient problems.
@@ -165,6 +184,8 @@ def check(
             "format": fmt, "outputs": list(output) if output else None,
             "fail_on": fail_on, "seed": seed, "device": device.value if device else None, "max_rows": max_rows,
             "timeout": timeout, "baseline": str(baseline) if baseline else None,
+            "train_steps": train_steps, "optimizer": optimizer, "lr": lr,
+            "precision": precision.value if precision else None,
         }, config)
         target.update(outputs=_parse_outputs(settings.outputs, fmt if fmt else (
             settings.format if settings.format != "text" else None)), fail_on=settings.fail_on)
@@ -205,13 +226,18 @@ def _check_one(s, suite, target: dict, verbose: bool, single: bool) -> None:
     from gradcheck_cli.findings import ModelError
     from gradcheck_cli.pipeline import run_check
 
+    from gradcheck_cli.progress import TrainProgress
+
     target["started"] = True
+    progress = TrainProgress(err)
     try:
         suite.reports.append(run_check(s, on_hard_stop=lambda phase, msg: _write_error(
             target, s.model, {"type": "user-code", "phase": phase, "message": msg.removeprefix("error: "),
-                              "where": None, "hint": None, "exit_code": 3})))
+                              "where": None, "hint": None, "exit_code": 3}), progress=progress))
+        progress.close()
         return
     except GradcheckError as exc:
+        progress.close()
         info = _error_info(exc, True)
         if single:
             _write_error(target, s.model, info)

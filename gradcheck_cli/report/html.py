@@ -371,6 +371,10 @@ def render_report(report: Report, idx: int, counter: list[int]) -> str:
          (f'<p class="counts">{_counts(c)} <span>exit {report.exit_code}</span>'
          f' <span>fail-on {_e(report.fail_on.value)}</span></p></header>'),
          "<h3>Gradient flow</h3>", chart(report, flagged)]
+    if report.training is not None:
+        from gradcheck_cli.report.trajectory import html_section
+
+        p.append(html_section(report.training))
     findings = report.active_findings()
     p.append(f"<h3>Findings ({len(findings)})</h3>")
     if not findings:

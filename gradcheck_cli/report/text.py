@@ -213,6 +213,8 @@ def render_report(report: Report, console: Console, max_rows: int = 40) -> None:
         console.print(Text("|∇W|: weight-gradient norm; |∂L/∂y|: gradient w.r.t. the layer's output; "
                            "flow: |∂L/∂y| on a log scale.", style="dim"))
         console.print()
+    if report.training is not None:
+        render_training(report.training, console)
     for note in report.notes:
         console.print(Text(f"note: {note}", style="yellow"))
     findings = report.active_findings()
@@ -255,3 +257,21 @@ def render_report(report: Report, console: Console, max_rows: int = 40) -> None:
         verdict.append("✓ PASS", style="bold green")
     verdict.append(f"  {summary} (fail-on {report.fail_on.value}) → exit {report.exit_code}")
     console.print(verdict)
+
+
+def render_training(training: dict[str, Any], console: Console) -> None:
+    """The rehearsal's trajectory: one sparkline per series (log scale, '!' for NaN/Inf)."""
+    from gradcheck_cli.report import trajectory as tj
+
+    console.print(Text("Training rehearsal", style="bold underline") + Text(f"  {tj.headline(training)}"))
+    grid = Table.grid(padding=(0, 1), pad_edge=False)
+    grid.add_column(no_wrap=True, style="dim")
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    for label, line, ends in tj.text_lines(training):
+        grid.add_row(label, line, ends)
+    console.print(grid)
+    onsets = tj.onset_phrase(training)
+    if onsets:
+        console.print(Text(f"onset: {onsets}", style="dim"))
+    console.print()

@@ -6,6 +6,7 @@ from typing import Any
 from gradcheck_cli.findings import Finding, Severity
 from gradcheck_cli.rules._common import fmt, list_names, name
 from gradcheck_cli.rules.base import Rule, rule
+from gradcheck_cli.rules.trajectory import nonfinite_findings
 from gradcheck_cli.stats import RunStats
 
 
@@ -91,7 +92,7 @@ def non_finite(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
         fixes += ["Run one step under torch.autograd.detect_anomaly() to get the backward op's traceback.",
                   "Clip the gradient norm (torch.nn.utils.clip_grad_norm_) so one bad step cannot poison the weights."]
         out.append(r.finding(layer_name, msg, evidence, fixes))
-    return out
+    return out or nonfinite_findings(stats, r)   # step 0 was finite: when did training go NaN/Inf?
 
 
 def _origin(kind: str | None, obj: Any, phase: str) -> tuple[str, str | None, dict[str, Any]]:
