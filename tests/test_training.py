@@ -274,7 +274,7 @@ def test_trajectory_in_every_format(diverging):
     assert 'class="trajectory"' in html and "<polyline" in html and f"onset at step {onset}" in html
     sarif = json.loads(render("sarif"))
     msgs = [res["message"]["text"] for run in sarif["runs"] for res in run["results"]
-            if res["ruleId"] == "loss-divergence"]
+            if res["properties"]["rule"] == "loss-divergence"]
     assert msgs and f"step {onset}" in msgs[0]
     assert f"step {onset}" in render("junit")
     doc = json.loads(render("json"))

@@ -118,14 +118,16 @@ def update_ratio(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding
         missing = [p for l in frozen for p in t.layer_params.get(l, []) if p in t.params_not_in_optimizer]
         if missing:
             msg = (f"{len(frozen)} layer{'s receive' if len(frozen) > 1 else ' receives'} a gradient but never "
-                   f"change{'s' if len(frozen) == 1 else ''} ({list_names(frozen)}): {len(missing)} of their "
+                   f"change{'s' if len(frozen) == 1 else ''} in {t.steps} steps from step 0 ({list_names(frozen)}): "
+                   f"{len(missing)} of their "
                    f"parameters are in no parameter group of the optimizer ({list_names(missing)}).")
             fixes = ["Build the optimizer over every trainable parameter: torch.optim.AdamW(model.parameters(), ...)"
                      f", or add the missing ones as a group: optimizer.add_param_group({{'params': "
                      f"model.{frozen[0]}.parameters()}})."]
         else:
             msg = (f"{len(frozen)} layer{'s receive' if len(frozen) > 1 else ' receives'} a gradient but the "
-                   f"optimizer never changes {'them' if len(frozen) > 1 else 'it'} ({list_names(frozen)}): "
+                   f"optimizer never changes {'them' if len(frozen) > 1 else 'it'} in {t.steps} steps from step 0 "
+                   f"({list_names(frozen)}): "
                    f"a learning rate of 0 in {'their' if len(frozen) > 1 else 'its'} parameter group?")
             fixes = ["Check the learning rate of their parameter group and the scheduler (lr 0 freezes a group); "
                      "freeze on purpose with requires_grad_(False) instead."]
