@@ -113,7 +113,10 @@ class _ReluWatch:
             d = out.detach()
             dims = layer.alive_dims if layer.alive_ndim == d.dim() and layer.alive_dims is not None else (
                 tuple(i for i in range(d.dim()) if i != (1 if d.dim() >= 4 else d.dim() - 1)))
-            fired = torch.amax(d, dims).gt(0) if dims else d.gt(0)
+            if d.dim() >= 3 and dims == (0,) + tuple(range(2, d.dim())) and d.is_contiguous():
+                fired = d.flatten(2).amax(2).amax(0).gt(0)   # channels: reduce the contiguous dims first
+            else:
+                fired = torch.amax(d, dims).gt(0) if dims else d.gt(0)
             prev = self.step_mask.get(layer.slot)
             if prev is None:
                 self.step_mask[layer.slot] = fired
@@ -187,6 +190,10 @@ def _rehearse(model: nn.Module, batches: Any, loss_fn: Any, *, train: TrainSetti
     cuda = model_state.seeded_devices(net, device)
     notes: list[str] = []
     mon = Monitor(net).attach()
+    # The trajectory rules read parameter gradients, not |dLoss/dOutput| per layer: skipping those output-
+    # gradient hooks keeps a convolutional net's rehearsal near the plain loop's cost (the diagnosis of a
+    # NaN/Inf step still takes them, in backward order).
+    mon.hooks.output_grads = False
     relus = _ReluWatch(mon)
     params = mon.params
     names = mon.inv.param_names
