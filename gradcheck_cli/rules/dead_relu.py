@@ -31,6 +31,11 @@ def dead_relus(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
         pass. It fires when at least `fraction` (0.5) of a layer's units are dead, and shows the bias of
         the weight layer feeding it.
 
+        With `--train-steps N` it also follows each unit through the training rehearsal and reports
+        units that fired at step 0 and then stopped firing for good (silent for at least the last
+        `min_dead_steps` steps and the last quarter of the run), when at least `died_fraction` (25%)
+        of a layer's units did so, with the step they died: the real "dying ReLU" of too-large steps.
+
     Why it matters:
         A ReLU's derivative is 0 for negative inputs: a unit whose input is negative for every example gets
         no gradient, its incoming weights never change, and it stays dead for the rest of training. Dead

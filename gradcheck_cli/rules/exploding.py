@@ -40,6 +40,11 @@ def exploding_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
         gradient reaching the input at the earliest 10% of time steps is more than `time_ratio` times that
         at the latest 10%. The evidence includes each weight layer's std against its He/Xavier std.
 
+        With `--train-steps N` it also reads the global gradient norm of every training step: a step
+        above `spike` (10) times the median of the steps before it is a spike; it reports the first
+        one, the largest step-to-step jump, the layer that jumped most, and a concrete max_norm for
+        clipping (2x the median norm of the healthy steps before the spike).
+
     Why it matters:
         Factors above 1 per layer (weights too large for their fan-in) multiply into huge gradients:
         the loss jumps around, weights blow up and eventually turn into NaN/Inf. Weight-gradient norms can

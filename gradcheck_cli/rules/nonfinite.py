@@ -20,6 +20,10 @@ def non_finite(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
         first appear: the first layer in forward order with a non-finite output, and, when the forward
         pass was finite, the first layer in backward order whose gradient is non-finite.
 
+        With `--train-steps N`, when step 0 is finite, it reports the training step where NaN/Inf first
+        appear, whether the loss, a gradient or the weights (after an update) went first, and the first
+        layer or op (from a diagnosis re-run of that step); the rehearsal stops there.
+
     Why it matters:
         One NaN poisons every weight it touches through the optimizer step, and training never recovers.
         Typical causes: log(0), division by a zero standard deviation, exp overflow, sqrt at 0 in the
