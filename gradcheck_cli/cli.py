@@ -223,21 +223,26 @@ def check(
 def _check_one(s, suite, target: dict, verbose: bool, single: bool) -> None:
     """Check one model into `suite`. With one model, an error ends the run (exit 2-4); with several, it is
     recorded for that model, said on stderr, and the other models are still checked."""
+    from gradcheck_cli.progress import TrainProgress
+
+    progress = TrainProgress(err)   # the training rehearsal's bar, removed however the check ends
+    try:
+        _check_one_with(s, suite, target, verbose, single, progress)
+    finally:
+        progress.close()
+
+
+def _check_one_with(s, suite, target: dict, verbose: bool, single: bool, progress) -> None:
     from gradcheck_cli.findings import ModelError
     from gradcheck_cli.pipeline import run_check
 
-    from gradcheck_cli.progress import TrainProgress
-
     target["started"] = True
-    progress = TrainProgress(err)
     try:
         suite.reports.append(run_check(s, on_hard_stop=lambda phase, msg: _write_error(
             target, s.model, {"type": "user-code", "phase": phase, "message": msg.removeprefix("error: "),
                               "where": None, "hint": None, "exit_code": 3}), progress=progress))
-        progress.close()
         return
     except GradcheckError as exc:
-        progress.close()
         info = _error_info(exc, True)
         if single:
             _write_error(target, s.model, info)
