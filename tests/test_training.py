@@ -115,7 +115,7 @@ def test_optimizer_factories(tiny):
         build_optimizer(f"{tiny}:not_an_optimizer", None, model)
     with pytest.raises(UserCodeError, match="factory exploded"):
         build_optimizer(f"{tiny}:raises", None, model)
-    with pytest.raises(InputError, match="unknown --optimizer"):
+    with pytest.raises(InputError, match="unknown optimizer"):
         build_optimizer("rmsprop", None, model)
 
 

@@ -1,4 +1,4 @@
-"""The training rehearsal (--train-steps N): a short real training run on a deep copy of the model,
+"""The training rehearsal (train_steps > 0): a short real training run on a deep copy of the model,
 watched by the same Monitor (attach / step / detach) as the check, with verdicts on the trajectory.
 
 Per step: forward and loss (under torch.autocast for bf16/fp16), backward (through a GradScaler for
@@ -65,11 +65,11 @@ def build_optimizer(spec: str, lr: float | None, model: nn.Module) -> tuple[Any,
     from gradcheck_cli import loading
 
     if ":" not in spec:
-        raise InputError(f"unknown --optimizer {spec!r}: expected one of {', '.join(OPTIMIZERS)}, FILE.py:NAME "
+        raise InputError(f"unknown optimizer {spec!r}: expected one of {', '.join(OPTIMIZERS)}, FILE.py:NAME "
                          "or pkg.mod:NAME")
     factory = loading.load_object(spec, what="optimizer")
     if not callable(factory):
-        raise InputError(f"--optimizer {spec}: {type(factory).__name__} is not callable",
+        raise InputError(f"optimizer {spec}: {type(factory).__name__} is not callable",
                          hint="point to a function (model) or (params) returning a torch.optim.Optimizer")
     try:
         first = next(iter(inspect.signature(factory).parameters), None)
@@ -86,7 +86,7 @@ def build_optimizer(spec: str, lr: float | None, model: nn.Module) -> tuple[Any,
     if isinstance(made, tuple) and len(made) == 2:
         made, sched = made
     if not isinstance(made, torch.optim.Optimizer):
-        raise InputError(f"--optimizer {spec} returned {type(made).__name__}, not a torch.optim.Optimizer",
+        raise InputError(f"optimizer factory {spec} returned {type(made).__name__}, not a torch.optim.Optimizer",
                          hint="return an optimizer, or (optimizer, scheduler)")
     if lr is not None:
         for g in made.param_groups:
@@ -176,9 +176,9 @@ def _rehearse(model: nn.Module, batches: Any, loss_fn: Any, *, train: TrainSetti
     try:
         net = copy.deepcopy(model)
     except Exception as exc:
-        raise InputError(f"--train-steps needs a deep copy of the model (the model is left untouched), and "
+        raise InputError(f"the training rehearsal trains a deep copy of the model (the model is left untouched), and "
                          f"copy.deepcopy failed: {exc_line(exc, 160)}",
-                         hint="make the model deep-copyable, or run without --train-steps") from None
+                         hint="make the model deep-copyable, or run without the training rehearsal") from None
     if device is not None:
         try:
             net.to(device)
