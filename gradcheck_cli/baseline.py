@@ -35,6 +35,7 @@ METRICS: dict[str, tuple[tuple[str, int, str], ...]] = {
     "GC104": (("saturated_fraction", +1, "fraction"),),
     "GC105": (("dead_units", +1, "fraction"),),
     "GC106": (("parameters", +1, "count"),),
+    "GC110": (("rise", +1, "ratio"), ("amplitude_growth", +1, "ratio")),
 }
 
 # Evidence keys renamed since baselines were first written (they collided with the rules' option names).

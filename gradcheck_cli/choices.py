@@ -20,3 +20,6 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 FAIL_ON: tuple[str, ...] = ("error", "warning", "info", "never")
 
 assert set(SUFFIXES.values()) <= set(FORMATS)
+
+# --precision for the training rehearsal (--train-steps).
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")

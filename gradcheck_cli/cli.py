@@ -19,7 +19,7 @@ from typer.core import TyperCommand, TyperGroup
 from typing_extensions import Annotated
 
 from gradcheck_cli import __version__
-from gradcheck_cli.choices import DEVICES, FORMATS, SUFFIXES
+from gradcheck_cli.choices import DEVICES, FORMATS, PRECISIONS, SUFFIXES
 from gradcheck_cli.errors import EXIT_USAGE, GradcheckError, InputError, exc_line
 from gradcheck_cli.findings import FailOn
 
@@ -123,6 +123,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 # Option types built from the one list of choices (gradcheck_cli.choices).
 OutputFormat = Enum("OutputFormat", {f: f for f in FORMATS}, type=str, module=__name__)
 Device = Enum("Device", {d: d for d in DEVICES}, type=str, module=__name__)
+Precision = Enum("Precision", {p: p for p in PRECISIONS}, type=str, module=__name__)
 
 
 def _version(value: bool) -> None:
@@ -216,6 +217,21 @@ def check(
     fsdp: Annotated[bool, typer.Option(
         "--fsdp", help="Under torchrun: shard the model with FSDP2 (fully_shard on each repeated block and the "
                        "root) instead of plain data parallel.")] = False,
+    train_steps: Annotated[Optional[int], typer.Option(
+        "--train-steps", min=0, max=10_000, metavar="N",
+        help="After the check, train a deep copy of the model for this many real steps "
+             "(forward, loss, backward, optimizer step) and judge the trajectory; the model "
+             "itself is left untouched [default:\u00a00, off].")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(
+        metavar="NAME|FILE.py:NAME",
+        help="For --train-steps: sgd (momentum 0.9, lr 1e-2), adam (lr 1e-3), adamw (lr 1e-3, weight decay 0.01), "
+             "or FILE.py:NAME / pkg.mod:NAME, a factory called with the model (when its first parameter is named "
+             "model) or with model.parameters(), returning an optimizer or (optimizer, scheduler) "
+             "[default:\u00a0adam].")] = None,
+    lr: Annotated[Optional[float], typer.Option(
+        metavar="LR", help="For --train-steps: the learning rate (overrides the optimizer's default).")] = None,
+    precision: Annotated[Optional[Precision], typer.Option(
+        help="For --train-steps: fp32, or bf16/fp16 under torch.autocast (fp16 with a GradScaler) [default:\u00a0fp32].")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")] = False,
 ) -> None:
     """Run a few instrumented forward/backward passes on MODEL and report gradient problems.
@@ -282,6 +298,8 @@ def _check(model, batch, loss, input_shape, steps, format, output, config, fail_
             "format": fmt, "outputs": list(output) if output else None,
             "fail_on": fail_on, "seed": seed, "device": device.value if device else None, "max_rows": max_rows,
             "timeout": timeout, "baseline": str(baseline) if baseline else None,
+            "train_steps": train_steps, "optimizer": optimizer, "lr": lr,
+            "precision": precision.value if precision else None,
         }, config)
         outputs = _parse_outputs(settings.outputs, fmt if fmt else (
             settings.format if settings.format != "text" else None))
@@ -329,6 +347,16 @@ def _check(model, batch, loss, input_shape, steps, format, output, config, fail_
 def _check_one(s, suite, target: dict, verbose: bool, single: bool) -> None:
     """Check one model into `suite`. With one model, an error ends the run (exit 2-4); with several, it is
     recorded for that model, said on stderr, and the other models are still checked."""
+    from gradcheck_cli.progress import TrainProgress
+
+    progress = TrainProgress(err)   # the training rehearsal's bar, removed however the check ends
+    try:
+        _check_one_with(s, suite, target, verbose, single, progress)
+    finally:
+        progress.close()
+
+
+def _check_one_with(s, suite, target: dict, verbose: bool, single: bool, progress) -> None:
     from gradcheck_cli.findings import ModelError
     from gradcheck_cli.pipeline import run_check
 
@@ -341,7 +369,7 @@ def _check_one(s, suite, target: dict, verbose: bool, single: bool) -> None:
         with _stdout_to_stderr(), SecondInterrupt():
             suite.reports.append(run_check(s, on_hard_stop=lambda phase, msg: _write_error(
                 target, s.model, {"type": "user-code", "phase": phase, "message": msg.removeprefix("error: "),
-                                  "where": None, "hint": None, "exit_code": 3})))
+                                  "where": None, "hint": None, "exit_code": 3}), progress=progress))
         return
     except GradcheckError as exc:
         _rank_failed(exc, target, s.model)

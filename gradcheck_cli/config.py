@@ -39,6 +39,10 @@ class Settings:
     outputs: list[str] = field(default_factory=list)   # "PATH" or "FORMAT:PATH", see report.parse_output
     max_rows: int = 40
     timeout: float | None = None
+    train_steps: int = 0                 # --train-steps: the training rehearsal (0: the check alone)
+    optimizer: str = "adam"              # sgd | adam | adamw | FILE.py:NAME | pkg.mod:NAME
+    lr: float | None = None              # default per built-in optimizer (measure/training.DEFAULT_LR)
+    precision: str = "fp32"              # fp32 | bf16 | fp16
     rules: dict[str, RuleSettings] = field(default_factory=dict)
     ignore: list[Any] = field(default_factory=list)      # baseline.Ignore entries
     baseline: str | None = None
@@ -149,12 +153,31 @@ TOP_KEYS: dict[str, Any] = {
     "baseline": _str,
     "max_rows": lambda p, k, v: _int(p, k, v, 0),
     "timeout": lambda p, k, v: _positive(p, k, v),
+    "train_steps": lambda p, k, v: _int(p, k, v, 0),
+    "optimizer": lambda p, k, v: _optimizer(p, k, v),
+    "lr": lambda p, k, v: _lr(p, k, v),
+    "precision": lambda p, k, v: _choice(p, k, v, PRECISIONS),
     "rules": None,   # validated below
     "ignore": None,
     "models": None,
 }
 # What one entry of `models:` may set; the rest (format, output, fail_on, ...) is for the whole run.
-MODEL_KEYS = ("model", "batch", "loss", "input_shape", "steps", "seed", "device", "timeout", "rules", "ignore")
+MODEL_KEYS = ("model", "batch", "loss", "input_shape", "steps", "seed", "device", "timeout", "rules", "ignore",
+              "train_steps", "optimizer", "lr", "precision")
+from gradcheck_cli.choices import PRECISIONS  # noqa: E402  (the one list)
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def _optimizer(path: str, key: str, v: Any) -> str:
+    if isinstance(v, str) and (v in OPTIMIZERS or (":" in v and v.split(":")[-1])):
+        return v
+    raise ConfigError(path, key, f"expected one of {', '.join(OPTIMIZERS)}, FILE.py:NAME or pkg.mod:NAME (got {v!r})")
+
+
+def _lr(path: str, key: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v != v or v == float("inf"):
+        raise ConfigError(path, key, f"expected a positive number (got {v!r})")
+    return float(v)
 
 
 def _outputs(path: str, key: str, v: Any) -> list[str]:
@@ -389,6 +412,12 @@ def resolve(cli: dict[str, Any], config_path: Path | None, cwd: Path | None = No
             setattr(s, key, value)
             s.cli_given.add(key)
     s.config_path = str(path) if path is not None else None
+    if "lr" in s.cli_given and not (s.lr > 0 and s.lr != float("inf")):
+        raise InputError(f"--lr must be a positive number (got {s.lr:g})", hint="e.g. --lr 1e-3")
+    if "optimizer" in s.cli_given:
+        if not (s.optimizer in OPTIMIZERS or ":" in s.optimizer):
+            raise InputError(f"unknown --optimizer {s.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}, "
+                             "FILE.py:NAME or pkg.mod:NAME")
     if s.models and not cli["model"]:
         given = [f"--{k.replace('_', '-')}" for k in PER_MODEL_FLAGS if cli.get(k) is not None]
         if given:

@@ -84,6 +84,7 @@ class Report:
     timings: dict[str, float]
     notes: list[str] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
+    training: dict[str, Any] | None = None   # the training rehearsal (--train-steps), see training_summary
 
     def counts(self) -> dict[str, int]:
         """Findings that count (not suppressed by a baseline or an ignore), by severity."""
@@ -146,6 +147,7 @@ class Report:
                 "exit_code": self.exit_code,
             },
             "timings": self.timings,
+            **({"training": self.training} if self.training is not None else {}),
         })
 
 

@@ -41,8 +41,9 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
-def run_check(s: Settings, on_hard_stop: Any = None) -> Report:
-    """Run the whole check. With s.timeout, a phase that does not finish in time raises UserCodeError.
+def run_check(s: Settings, on_hard_stop: Any = None, progress: Any = None) -> Report:
+    """Run the whole check (and the training rehearsal, with s.train_steps). With s.timeout, a phase that
+    does not finish in time raises UserCodeError. progress(step, total): called after each training step.
 
     --timeout counts from after gradcheck's own imports (torch takes seconds to import on a cold disk):
     it bounds the user's code and the passes, not the installation."""
@@ -52,7 +53,7 @@ def run_check(s: Settings, on_hard_stop: Any = None) -> Report:
     from gradcheck_cli import batches, loading, losses, measure, sources  # noqa: F401
     try:
         with Deadline(s.timeout, on_hard_stop):
-            return _run_check(s)
+            return _run_check(s, progress)
     except RunTimeout as exc:   # expired outside the user's code (imports, batch synthesis, analysis)
         raise UserCodeError(str(exc), phase=exc.phase,
                             hint="the run is slower than --timeout allows; raise --timeout") from exc
@@ -64,7 +65,7 @@ def run_check(s: Settings, on_hard_stop: Any = None) -> Report:
                                  "of that code") from exc
 
 
-def _run_check(s: Settings) -> Report:
+def _run_check(s: Settings, progress: Any = None) -> Report:
     t0 = time.perf_counter()
     set_phase("load")
     from gradcheck_cli import batches, loading, losses
@@ -79,6 +80,9 @@ def _run_check(s: Settings) -> Report:
 
     ctx = distributed.current()
     try:
+        if ctx is not None and s.train_steps:
+            raise InputError("--train-steps is not supported under torchrun yet",
+                             hint="run the training rehearsal in one process (python -m gradcheck_cli check ...)")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(s.seed)
             set_phase("import")
@@ -99,7 +103,7 @@ def _run_check(s: Settings) -> Report:
             distributed.agree(ctx, exc)
         raise
     driver = distributed.Driver(ctx, source) if ctx is not None else None
-    return check_loaded(model, source, loss_fn, s, device, t0, origin=obj, dist=driver)
+    return check_loaded(model, source, loss_fn, s, device, t0, origin=obj, dist=driver, progress=progress)
 
 
 def refuse_unsupported(model: Any) -> None:
@@ -128,7 +132,7 @@ def refuse_unsupported(model: Any) -> None:
 
 
 def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any, t0: float,
-                 origin: Any = None, dist: Any = None) -> Report:
+                 origin: Any = None, dist: Any = None, progress: Any = None) -> Report:
     """The passes, the rules and the report for a model, batch source and loss already in hand.
     `origin` is what the spec named (class, factory or instance), for source locations."""
     from gradcheck_cli import sources
@@ -147,6 +151,19 @@ def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any
                             phase="forward", where=f"`(model)` ({type(model).__name__})",
                             hint="leave hooks in place while gradcheck runs; a check that measured nothing "
                                  "cannot pass")
+    t_train = time.perf_counter()
+    if getattr(s, "train_steps", 0):
+        from gradcheck_cli.measure.training import TrainSettings, rehearse
+
+        try:
+            traj, train_notes = rehearse(model, source, loss_fn, seed=s.seed, device=device, progress=progress,
+                                         train=TrainSettings(steps=s.train_steps, optimizer=s.optimizer, lr=s.lr,
+                                                             precision=s.precision))
+        except GradcheckError as exc:
+            add_hint(exc)
+            raise
+        result.stats.training = traj
+        result.notes.extend(n for n in train_notes if n not in result.notes)
     set_phase("analysis")
     t2 = time.perf_counter()
     findings = apply_rules(result.stats, s.rules)
@@ -156,13 +173,16 @@ def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any
         for f in findings:
             f.location = locate(f.layer)
     t3 = time.perf_counter()
-    timings = {"load_s": round(t1 - t0, 4), "passes_s": round(t2 - t1, 4),
+    timings = {"load_s": round(t1 - t0, 4), "passes_s": round(t_train - t1, 4),
+               **({"training_s": round(t2 - t_train, 4)} if result.stats.training is not None else {}),
                "analysis_s": round(t3 - t2, 4), "total_s": round(t3 - t0, 4)}
     settings: dict[str, Any] = {
         "steps": s.steps, "seed": s.seed, "device": str(device), "batch": source.description,
         "input_shape": list(getattr(source, "shape", ()) or []) or None,
         "loss": result.loss_description, "fail_on": s.fail_on.value, "config": s.config_path,
         "timeout_s": s.timeout,
+        **({"train_steps": s.train_steps, "optimizer": s.optimizer, "lr": s.lr, "precision": s.precision}
+           if getattr(s, "train_steps", 0) else {}),
         "ignore": [{"rule": i.rule, "layer": i.layer, "model": i.model, "reason": i.reason} for i in s.ignore],
         "rules": {rid: {"enabled": rs.enabled, "severity": rs.severity.value if rs.severity else None,
                         **rs.options} for rid, rs in s.rules.items()},
@@ -171,6 +191,8 @@ def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any
                          settings=settings, fail_on=s.fail_on, timings=timings, notes=result.notes)
     report.model["source"] = where
     report.run["distributed"] = dist.describe() if dist is not None else None
+    if result.stats.training is not None:
+        report.training = training_summary(result.stats.training, findings)
     if s.ignore:
         from gradcheck_cli.baseline import apply_ignores
 
@@ -211,3 +233,25 @@ def make_report(stats: RunStats, findings: list[Finding], *, spec: str, model_cl
         timings=timings,
         notes=list(notes or []),
     )
+
+
+def training_summary(t: Any, findings: list[Finding]) -> dict[str, Any]:
+    """The report's `training` section (docs/json-schema.md): the rehearsal's settings, the per-step
+    series (loss, global gradient norm, worst update ratio and its layer, loss scale, skipped) and the
+    onset step of each trajectory finding."""
+    worst = t.worst_update_ratios()
+    skipped = set(t.skipped_steps)
+    steps = []
+    for i in range(t.steps):
+        ratio, layer = worst[i] if i < len(worst) else (None, None)
+        steps.append({"step": i, "loss": t.losses[i],
+                      "grad_norm": t.grad_norms[i] if i < len(t.grad_norms) else None,
+                      "update_ratio_max": ratio, "update_ratio_layer": layer,
+                      "loss_scale": t.loss_scales[i] if i < len(t.loss_scales) else None,
+                      "skipped": i in skipped})
+    onsets = [{"rule": f.rule, "layer": f.layer, "step": f.evidence["onset_step"]} for f in findings
+              if isinstance(f.evidence.get("onset_step"), int)]
+    return {"steps_requested": t.steps_requested, "steps_run": t.steps, "optimizer": t.optimizer, "lr": t.lr,
+            "precision": t.precision, "stopped": t.stopped, "skipped_steps": list(t.skipped_steps),
+            "flushed_to_zero": dict(t.flushed_to_zero), "params_not_in_optimizer": list(t.params_not_in_optimizer),
+            "onsets": onsets, "steps": steps}

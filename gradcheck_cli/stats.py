@@ -91,6 +91,7 @@ class RunStats:
     # {op, file, line, module, label, forward_nonfinite, backward_nonfinite}: counts of calls with NaN/Inf
     nonfinite_ops: list[dict[str, Any]] = field(default_factory=list)
     series: StepSeries | None = None            # per-step values (not in the report)
+    training: "Trajectory | None" = None        # the training rehearsal (--train-steps), when run
 
     def origin(self, label: str | None) -> tuple[str | None, Any]:
         """Resolve first_nonfinite_* to ("layer", LayerStats) or ("op", dict) or (None, None)."""
@@ -115,6 +116,7 @@ class RunStats:
         d["layers"] = [layer.to_dict() for layer in self.layers]
         if not series:
             d.pop("series", None)
+        d.pop("training", None)   # reported in its own section (Report.training)
         return d
 
     @classmethod
@@ -125,4 +127,56 @@ class RunStats:
             ld = {k: v for k, v in ld.items() if k != "dead_fraction"}
             layers.append(LayerStats(**ld))
         series = d.pop("series", None)
-        return cls(layers=layers, series=StepSeries(**series) if series else None, **d)
+        training = d.pop("training", None)
+        return cls(layers=layers, series=StepSeries(**series) if series else None,
+                   training=Trajectory(**training) if training else None, **d)
+
+
+@dataclass
+class Trajectory:
+    """A training rehearsal (--train-steps): per-step series of a short real training run on a copy of
+    the model, plain data. Step t is the t-th optimizer step, taken with the weights after t updates
+    (step 0 uses the initial weights, as the check does). Rules read it as RunStats.training."""
+    steps_requested: int
+    optimizer: str                      # e.g. "adam (lr 0.001)" or "examples/x.py:make_opt"
+    lr: float | None                    # the first parameter group's learning rate at step 0
+    precision: str = "fp32"             # fp32 | bf16 | fp16
+    losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)        # global gradient norm (unscaled) per step
+    layer_grad_norms: dict[str, list[float]] = field(default_factory=dict)
+    # |update| / |weight| per layer per step (None: the layer's weights were exactly zero before the step)
+    update_ratios: dict[str, list[float | None]] = field(default_factory=dict)
+    layer_params: dict[str, list[str]] = field(default_factory=dict)   # layer -> its trainable parameters
+    params_not_in_optimizer: list[str] = field(default_factory=list)
+    # ReLU-family modules: per unit, whether it fired (output > 0 for some example) at step 0, and the
+    # last step at which it fired (-1: never)
+    relu_alive_at_start: dict[str, list[bool]] = field(default_factory=dict)
+    relu_last_alive: dict[str, list[int]] = field(default_factory=dict)
+    # NaN/Inf: the step of onset, what went first ("loss", "gradient" or "weight"), and where (diagnosis)
+    nonfinite_step: int | None = None
+    nonfinite_first: str | None = None
+    nonfinite_forward: str | None = None
+    nonfinite_backward: str | None = None
+    nonfinite_ops: list[dict[str, Any]] = field(default_factory=list)
+    nonfinite_layers: list[str] = field(default_factory=list)    # layers with NaN/Inf parameter gradients or weights
+    # mixed precision: loss scale per step (fp16), steps skipped for overflow, gradients flushed to zero
+    loss_scales: list[float] = field(default_factory=list)
+    skipped_steps: list[int] = field(default_factory=list)
+    flushed_to_zero: dict[str, float] = field(default_factory=dict)   # layer -> share of its gradient entries
+    stopped: str | None = None          # why the run ended before steps_requested, if it did
+
+    @property
+    def steps(self) -> int:
+        return len(self.losses)
+
+    def worst_update_ratios(self) -> list[tuple[float | None, str | None]]:
+        """Per step: the largest |update|/|weight| over layers, and that layer."""
+        out: list[tuple[float | None, str | None]] = []
+        for t in range(self.steps):
+            best: tuple[float | None, str | None] = (None, None)
+            for layer, rs in self.update_ratios.items():
+                v = rs[t] if t < len(rs) else None
+                if v is not None and (best[0] is None or v > best[0] or v != v):
+                    best = (v, layer)
+            out.append(best)
+        return out

@@ -28,7 +28,7 @@ from gradcheck_cli.config import RuleSettings
 from gradcheck_cli.errors import InputError
 from gradcheck_cli.findings import FailOn, Finding, Report, Severity
 
-STOP_CHOICES = ("error", "warning", "info")
+STOP_CHOICES = tuple(x for x in FAIL_ON if x != "never")   # severities (choices.FAIL_ON less "never")
 
 
 class GradcheckStop(RuntimeError):

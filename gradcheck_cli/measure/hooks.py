@@ -50,6 +50,7 @@ class Hooks:
         self.tensor_handles: list[Any] = []   # tensor and grad_fn hooks of the current pass
         self.diagnose = False   # a diagnosis pass: exact NaN/Inf flags in forward/backward order
         self.record_inputs = True   # recurrent layers: ask for the input's gradient (off in a user's loop)
+        self.output_grads = True    # |dLoss/dOutput| per layer (the training rehearsal turns it off, see training.py)
         self.extra_inputs: list[torch.Tensor] = []   # inputs made to require grad (for autograd.grad)
         self.last_param_type: type | None = None
         self.notes: list[str] = []
@@ -141,7 +142,7 @@ class Hooks:
                 layer.step_sat_n += out.numel()
             elif kind == S.RELU and out.dim() >= 1 and not layer.alive_bad and not layer.all_alive:
                 self.track_alive(layer, out.detach())
-        if out.requires_grad:
+        if out.requires_grad and (self.output_grads or self.diagnose):
             if layer.grad_hook is None:
                 layer.grad_hook = self.grad_hook(layer)
             add_tensor_hook(out, layer.grad_hook, self.tensor_handles)

@@ -479,6 +479,10 @@ def render_report(report: Report, view: ReportView, idx: int, counter: list[int]
          "<h3>Gradient flow</h3>", chart(report, view)]
     for lv in view.recurrent:
         p += [f"<h3>Gradient through time: <code>{_e(lv.display)}</code></h3>", time_chart(lv)]
+    if report.training is not None:
+        from gradcheck_cli.report.trajectory import html_section
+
+        p.append(html_section(report.training))
     findings = report.active_findings()
     p.append(f"<h3>Findings ({len(findings)})</h3>")
     if not findings:

@@ -38,6 +38,10 @@ def _report(report: Report, out: list[str], level: str) -> None:
                f"{count_phrase(report.counts(), len(report.suppressed_findings()))} · fail-on {report.fail_on.value} "
                f"→ exit {report.exit_code}")
     out.append("")
+    if report.training is not None:
+        from gradcheck_cli.report.trajectory import markdown_lines
+
+        out += markdown_lines(report.training)
     active = report.active_findings()
     if active:
         out.append("| | Rule | Layer | Finding |")

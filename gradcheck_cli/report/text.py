@@ -360,6 +360,8 @@ def report_lines(report: Report, view: ReportView, console: Console, max_rows: i
             legend += f"; {MARK}: a finding covers the layer"
         lines += _wrap(console, Text(legend + ".", style="dim"), width)
         lines.append(Text())
+    if report.training is not None:
+        lines += training_lines(report.training, console, width)
     for note in report.notes:
         lines += _wrap(console, Text(f"note: {_t(note)}", style="yellow"), width, indent=6)
     findings = report.active_findings()
@@ -401,4 +403,25 @@ def report_lines(report: Report, view: ReportView, console: Console, max_rows: i
     verdict.append(f"  {count_phrase(report.counts(), len(suppressed))} (fail-on {report.fail_on.value}) "
                    f"→ exit {report.exit_code}")
     lines += _wrap(console, verdict, width, indent=8)
+    return lines
+
+
+def training_lines(training: dict[str, Any], console: Console, width: int | None) -> list[Text]:
+    """The rehearsal's trajectory: one sparkline per series (log scale, '!' for NaN/Inf)."""
+    from gradcheck_cli.report import trajectory as tj
+
+    head = Text("Training rehearsal", style="bold underline")
+    head.append(f"  {tj.headline(training)}")
+    lines = _wrap(console, head, width, indent=2)
+    rows = tj.text_lines(training)
+    w_label = max([0] + [len(label) for label, _, _ in rows])
+    for label, spark, ends in rows:
+        line = Text(f"{label:<{w_label}} ", style="dim")
+        line.append(spark)
+        lines += _wrap(console, Text(ends), width, indent=w_label + len(spark) + 2,
+                       first=line + Text(" "))
+    onsets = tj.onset_phrase(training)
+    if onsets:
+        lines += _wrap(console, Text(f"onset: {onsets}", style="dim"), width, indent=7)
+    lines.append(Text())
     return lines

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from gradcheck_cli.rules import dead_relu, exploding, nonfinite, saturation, unused, vanishing
+from gradcheck_cli.rules import (
+    dead_relu, divergence, exploding, nonfinite, saturation, unused, update_ratio, vanishing,
+)
 from gradcheck_cli.rules.base import SECTIONS, Option, Rule
 
 RULES: tuple[Rule, ...] = tuple(sorted(
-    (vanishing.RULE, exploding.RULE, nonfinite.RULE, saturation.RULE, dead_relu.RULE, unused.RULE),
+    (vanishing.RULE, exploding.RULE, nonfinite.RULE, saturation.RULE, dead_relu.RULE, unused.RULE,
+     divergence.RULE, update_ratio.RULE),
     key=lambda r: r.code,
 ))
 

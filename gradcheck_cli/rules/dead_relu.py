@@ -6,6 +6,7 @@ from gradcheck_cli import stats as S
 from gradcheck_cli.findings import Finding, Severity
 from gradcheck_cli.rules._common import describe_group, fmt, has_normalization, name, pct, preceding_param_layer
 from gradcheck_cli.rules.base import Option, Rule, rule
+from gradcheck_cli.rules.trajectory import died_findings
 from gradcheck_cli.stats import RunStats
 
 
@@ -14,7 +15,12 @@ from gradcheck_cli.stats import RunStats
     code="GC105",
     severity=Severity.WARNING,
     options=(Option("fraction", 0.5, "warn when at least this share of a ReLU layer's units is dead", maximum=1.0),
-             Option("min_units", 4, "ignore ReLU layers with fewer units than this")),
+             Option("min_units", 4, "ignore ReLU layers with fewer units than this"),
+             Option("died_fraction", 0.25, "--train-steps: warn when this share of a layer's units fired at step 0 "
+                    "and died during training", maximum=1.0),
+             Option("min_dead_steps", 3, "--train-steps: a unit counts as died once silent for the last this many "
+                    "steps (and at least the last quarter of the run)"),
+             Option("min_train_steps", 8, "--train-steps: steps needed before units dying is judged")),
 )
 def dead_relus(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
     """ReLU units that output zero for every example, so they never get a gradient again.
@@ -24,6 +30,11 @@ def dead_relus(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
         units (features; channels for convolutions) that were exactly zero for every example of every
         pass. It fires when at least `fraction` (0.5) of a layer's units are dead, and shows the bias of
         the weight layer feeding it.
+
+        With `--train-steps N` it also follows each unit through the training rehearsal and reports
+        units that fired at step 0 and then stopped firing for good (silent for at least the last
+        `min_dead_steps` steps and the last quarter of the run), when at least `died_fraction` (25%)
+        of a layer's units did so, with the step they died: the real "dying ReLU" of too-large steps.
 
     Why it matters:
         A ReLU's derivative is 0 for negative inputs: a unit whose input is negative for every example gets
@@ -47,7 +58,7 @@ def dead_relus(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
     bad = [l for l in stats.layers if l.activation == S.RELU and l.dead_fraction is not None
            and (l.units or 0) >= opts["min_units"] and l.dead_fraction >= opts["fraction"]]
     if not bad:
-        return []
+        return died_findings(stats, opts, r)   # alive at step 0: did training kill them?
     worst = max(bad, key=lambda l: l.dead_fraction)
     evidence: dict[str, Any] = {"threshold": opts["fraction"],
                                 "dead_units": {l.name: {"dead": l.dead_units, "units": l.units} for l in bad}}
@@ -74,7 +85,7 @@ def dead_relus(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
     if not has_normalization(stats):
         fixes.append("Add nn.BatchNorm1d/2d before each ReLU so each unit sees inputs on both sides of 0.")
     fixes.append("Lower the learning rate: one large step can push a unit's bias negative for good.")
-    return [r.finding(bad[0].name, msg, evidence, fixes, covers=[l.name for l in bad])]
+    return [r.finding(bad[0].name, msg, evidence, fixes, covers=[l.name for l in bad])] + died_findings(stats, opts, r)
 
 
 RULE = dead_relus

@@ -9,6 +9,7 @@ from gradcheck_cli.rules._common import (
     depth_ratio, fmt, has_normalization, he_std, name, weight_layers, xavier_std,
 )
 from gradcheck_cli.rules.base import Option, Rule, rule
+from gradcheck_cli.rules.trajectory import spike_findings
 from gradcheck_cli.stats import RunStats
 
 
@@ -23,6 +24,9 @@ from gradcheck_cli.stats import RunStats
         Option("max_grad_norm", 1e3, "warn when the global gradient norm is above this"),
         Option("time_ratio", 1e3, "recurrent layers: warn when earliest/latest per-step gradient is above this"),
         Option("min_time_steps", 10, "recurrent layers: sequence length needed before time is judged"),
+        Option("spike", 10.0, "--train-steps: warn when a step's gradient norm is above this x the median of "
+               "the steps before it"),
+        Option("min_train_steps", 5, "--train-steps: steps needed before spikes are judged"),
     ),
 )
 def exploding_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
@@ -35,6 +39,11 @@ def exploding_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
         all parameters exceeds `max_grad_norm` (1e3), and for unidirectional recurrent layers when the
         gradient reaching the input at the earliest 10% of time steps is more than `time_ratio` times that
         at the latest 10%. The evidence includes each weight layer's std against its He/Xavier std.
+
+        With `--train-steps N` it also reads the global gradient norm of every training step: a step
+        above `spike` (10) times the median of the steps before it is a spike; it reports the first
+        one, the largest step-to-step jump, the layer that jumped most, and a concrete max_norm for
+        clipping (2x the median norm of the healthy steps before the spike).
 
     Why it matters:
         Factors above 1 per layer (weights too large for their fan-in) multiply into huge gradients:
@@ -106,7 +115,7 @@ def exploding_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
             if layer.recurrent == "RNN":
                 fixes.append(f"Replace nn.RNN {name(layer.name)} with nn.LSTM or nn.GRU.")
             findings.append(r.finding(layer.name, msg, evidence, fixes))
-    return findings
+    return findings + spike_findings(stats, opts, r)
 
 
 def _fixes(stats: RunStats, evidence: dict[str, Any]) -> list[str]:

@@ -6,6 +6,7 @@ from typing import Any
 from gradcheck_cli.findings import Finding, Severity
 from gradcheck_cli.rules._common import fmt, list_names, name
 from gradcheck_cli.rules.base import Rule, rule
+from gradcheck_cli.rules.trajectory import nonfinite_findings
 from gradcheck_cli.stats import RunStats
 
 
@@ -18,6 +19,10 @@ def non_finite(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
         (forward) and output gradient (backward), and every parameter gradient. It reports where they
         first appear: the first layer in forward order with a non-finite output, and, when the forward
         pass was finite, the first layer in backward order whose gradient is non-finite.
+
+        With `--train-steps N`, when step 0 is finite, it reports the training step where NaN/Inf first
+        appear, whether the loss, a gradient or the weights (after an update) went first, and the first
+        layer or op (from a diagnosis re-run of that step); the rehearsal stops there.
 
     Why it matters:
         One NaN poisons every weight it touches through the optimizer step, and training never recovers.
@@ -91,7 +96,7 @@ def non_finite(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
         fixes += ["Run one step under torch.autograd.detect_anomaly() to get the backward op's traceback.",
                   "Clip the gradient norm (torch.nn.utils.clip_grad_norm_) so one bad step cannot poison the weights."]
         out.append(r.finding(layer_name, msg, evidence, fixes))
-    return out
+    return out or nonfinite_findings(stats, r)   # step 0 was finite: when did training go NaN/Inf?
 
 
 def _origin(kind: str | None, obj: Any, phase: str) -> tuple[str, str | None, dict[str, Any]]:
