@@ -254,7 +254,7 @@ def check(
     _state["rank"] = ctx.rank if ctx is not None else 0
     try:
         _check(model, batch, loss, input_shape, steps, format, output, config, fail_on, baseline, write_baseline,
-               seed, device, max_rows, timeout, color, verbose, ctx)
+               seed, device, max_rows, timeout, color, verbose, ctx, train_steps, optimizer, lr, precision)
     except typer.Exit as done:
         code = done.exit_code
         if ctx is not None:
@@ -272,7 +272,8 @@ def _main_rank() -> bool:
 
 
 def _check(model, batch, loss, input_shape, steps, format, output, config, fail_on, baseline,  # noqa: ANN001
-           write_baseline, seed, device, max_rows, timeout, color, verbose, ctx) -> None:
+           write_baseline, seed, device, max_rows, timeout, color, verbose, ctx, train_steps=None, optimizer=None,
+           lr=None, precision=None) -> None:
     from gradcheck_cli import config as cfg
     from gradcheck_cli.batches_shape import parse_shape
     from gradcheck_cli.findings import Suite
