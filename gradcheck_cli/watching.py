@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from gradcheck_cli.choices import FAIL_ON
 from gradcheck_cli.config import RuleSettings
 from gradcheck_cli.errors import InputError
 from gradcheck_cli.findings import FailOn, Finding, Report, Severity
