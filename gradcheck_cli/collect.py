@@ -33,6 +33,7 @@ from gradcheck_cli import stats as S
 from gradcheck_cli.deadline import RunTimeout, set_phase
 from gradcheck_cli.errors import InputError, UserCodeError, exc_line
 from gradcheck_cli.losses import primary_tensor
+from gradcheck_cli.seeding import seed_all
 
 # ----------------------------------------------------------------------------------------------------------
 # What counts as an activation
@@ -785,7 +786,7 @@ def _run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, see
         def one_pass(step: int, batch: Any, watch: bool) -> dict[str, list[float]]:
             """Forward, loss, gradients; returns the pass's statistics (one host transfer)."""
             nonlocal loss_description
-            torch.manual_seed(seed * 1_000_003 + step)   # same dropout masks in a diagnosis re-run
+            seed_all(seed * 1_000_003 + step)   # same dropout masks (and numpy/random draws) in a re-run
             inst.begin_step()
             extra: dict[str, torch.Tensor] = {}
             in_nf = [_nonfinite(t) for t in batch.tensors() if t.is_floating_point()]

@@ -13,7 +13,7 @@ from gradcheck_cli.config import RuleSettings, Settings
 from gradcheck_cli.deadline import Deadline, RunTimeout, set_phase
 from gradcheck_cli.errors import UserCodeError
 from gradcheck_cli.errors import InputError
-from gradcheck_cli.findings import FailOn, Finding, Report
+from gradcheck_cli.findings import FailOn, Finding, Report, Severity
 from gradcheck_cli.rules import RULES
 from gradcheck_cli.stats import RunStats
 
@@ -25,7 +25,9 @@ def apply_rules(stats: RunStats, rule_settings: dict[str, RuleSettings]) -> list
         if not cfg.enabled:
             continue
         for f in r.check(stats, cfg.options):
-            if cfg.severity is not None:
+            # A configured severity replaces the rule's default (and its error escalation), but not a
+            # deliberate downgrade to info (e.g. a gated RNN's decay through time, a zero-init branch).
+            if cfg.severity is not None and not (f.severity == Severity.INFO and r.severity != Severity.INFO):
                 f.severity = cfg.severity
             findings.append(f)
     return findings
@@ -63,8 +65,10 @@ def _run_check(s: Settings) -> Report:
 
     # Seed the model's construction too, so a run (and a CI gate) is reproducible; fork_rng leaves the
     # caller's global RNG state as it was.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(s.seed)
+    from gradcheck_cli.seeding import host_rngs_preserved, seed_all
+
+    with torch.random.fork_rng(devices=[]), host_rngs_preserved():
+        seed_all(s.seed)
         set_phase("import")
         obj = loading.load_object(s.model, what="model")
         set_phase("build")
@@ -79,9 +83,24 @@ def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any
     """The passes, the rules and the report for a model, batch source and loss already in hand.
     `origin` is what the spec named (class, factory or instance), for source locations."""
     from gradcheck_cli import collect, sources
+    from gradcheck_cli.seeding import host_rngs_preserved
+    from gradcheck_cli.wrappers import unwrap
 
+    # torch.compile / DDP / DataParallel add `_orig_mod.` / `module.` to every name: check the model inside.
+    model, wrappers = unwrap(model)
     t1 = time.perf_counter()
-    result = collect.run_passes(model, source, loss_fn, steps=s.steps, seed=s.seed, device=device)
+    with host_rngs_preserved():   # the passes seed numpy and random too (models that draw from them)
+        result = collect.run_passes(model, source, loss_fn, steps=s.steps, seed=s.seed, device=device)
+    result.stats.loss_kind = getattr(loss_fn, "kind", None)
+    result.stats.loss_classes = getattr(loss_fn, "classes", None)
+    result.stats.loss_outputs = getattr(loss_fn, "outputs", None)
+    result.stats.loss_ignored_outputs = getattr(loss_fn, "ignored", None)
+    if result.stats.loss_ignored_outputs:
+        result.notes.append(f"the default loss could not use {', '.join(result.stats.loss_ignored_outputs)} "
+                            "(no target fits it, or it does not require grad); pass --loss file.py:NAME to cover it")
+    if wrappers:
+        result.notes.append(f"checked the model inside {' > '.join(wrappers)}: layer names are the wrapped "
+                            "model's own (no `_orig_mod.` / `module.` prefix)")
     set_phase("analysis")
     t2 = time.perf_counter()
     findings = apply_rules(result.stats, s.rules)

@@ -80,6 +80,11 @@ class RunStats:
     # Watched operations (log, exp, sqrt, div, pow, ...) whose output or output gradient had NaN/Inf:
     # {op, file, line, module, label, forward_nonfinite, backward_nonfinite}: counts of calls with NaN/Inf
     nonfinite_ops: list[dict[str, Any]] = field(default_factory=list)
+    # The loss (filled in by the pipeline from what losses.compute used):
+    loss_kind: str | None = None        # cross-entropy | bce-with-logits | mse | model | callable | several
+    loss_classes: int | None = None     # cross-entropy: C (V for a language model); 2 for bce-with-logits
+    loss_outputs: list[str] | None = None          # the model outputs the loss was computed on
+    loss_ignored_outputs: list[str] | None = None  # float outputs the default loss could not use
 
     def origin(self, label: str | None) -> tuple[str | None, Any]:
         """Resolve first_nonfinite_* to ("layer", LayerStats) or ("op", dict) or (None, None)."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from gradcheck_cli.rules import dead_relu, exploding, nonfinite, saturation, unused, vanishing
+from gradcheck_cli.rules import dead_relu, exploding, initial_loss, nonfinite, saturation, unused, vanishing
 from gradcheck_cli.rules.base import SECTIONS, Option, Rule
 
 RULES: tuple[Rule, ...] = tuple(sorted(
-    (vanishing.RULE, exploding.RULE, nonfinite.RULE, saturation.RULE, dead_relu.RULE, unused.RULE),
+    (vanishing.RULE, exploding.RULE, nonfinite.RULE, saturation.RULE, dead_relu.RULE, unused.RULE,
+     initial_loss.RULE),
     key=lambda r: r.code,
 ))
 

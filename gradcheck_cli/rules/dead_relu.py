@@ -4,7 +4,9 @@ from typing import Any
 
 from gradcheck_cli import stats as S
 from gradcheck_cli.findings import Finding, Severity
-from gradcheck_cli.rules._common import describe_group, fmt, has_normalization, name, pct, preceding_param_layer
+from gradcheck_cli.rules._common import (
+    describe_group, fmt, has_normalization, name, pct, preceding_param_layer, signal_cut,
+)
 from gradcheck_cli.rules.base import Option, Rule, rule
 from gradcheck_cli.stats import RunStats
 
@@ -14,7 +16,8 @@ from gradcheck_cli.stats import RunStats
     code="GC105",
     severity=Severity.WARNING,
     options=(Option("fraction", 0.5, "warn when at least this share of a ReLU layer's units is dead", maximum=1.0),
-             Option("min_units", 4, "ignore ReLU layers with fewer units than this")),
+             Option("min_units", 16, "ignore partly dead ReLU layers with fewer units than this (squeeze-excite "
+                                     "bottlenecks of 4-8 units seen on a few pooled examples)")),
 )
 def dead_relus(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
     """ReLU units that output zero for every example, so they never get a gradient again.
@@ -44,10 +47,15 @@ def dead_relus(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
         SageMaker Debugger "dead ReLU" rule (unit active in < 1% of samples, layer flagged at > 50%);
         AUTOTRAINER (ICSE'21): >= 70% of gradients exactly zero; DeepDiagnosis (ICSE'22).
     """
+    out: list[Finding] = []
+    cut = signal_cut(stats)
+    if cut is not None and cut["cause"] == "dead-relu":
+        out.append(_cut_finding(stats, cut, r))
     bad = [l for l in stats.layers if l.activation == S.RELU and l.dead_fraction is not None
-           and (l.units or 0) >= opts["min_units"] and l.dead_fraction >= opts["fraction"]]
+           and (l.units or 0) >= opts["min_units"] and l.dead_fraction >= opts["fraction"]
+           and not (out and l is cut["cut_layer"])]
     if not bad:
-        return []
+        return out
     worst = max(bad, key=lambda l: l.dead_fraction)
     evidence: dict[str, Any] = {"threshold": opts["fraction"],
                                 "dead_units": {l.name: {"dead": l.dead_units, "units": l.units} for l in bad}}
@@ -74,7 +82,36 @@ def dead_relus(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
     if not has_normalization(stats):
         fixes.append("Add nn.BatchNorm1d/2d before each ReLU so each unit sees inputs on both sides of 0.")
     fixes.append("Lower the learning rate: one large step can push a unit's bias negative for good.")
-    return [r.finding(bad[0].name, msg, evidence, fixes)]
+    out.append(r.finding(bad[0].name, msg, evidence, fixes))
+    return out
+
+
+def _cut_finding(stats: RunStats, cut: dict, r: Rule) -> Finding:
+    """A fully dead ReLU layer that cuts the gradient to every weight before it: no learning signal."""
+    layer = cut["cut_layer"]
+    up = cut["upstream"]
+    p = preceding_param_layer(stats, layer)
+    n_up = sum(l.trainable_params for l in up)
+    msg = (f"No learning signal: every unit of {name(layer.name)} ({layer.units} of {layer.units}) outputs 0 for "
+           f"every example, so the {len(up)} weight layer{'s' if len(up) != 1 else ''} before it ({n_up:,} "
+           "parameters) get an exactly-zero gradient in every step.")
+    evidence: dict[str, Any] = {"cut_at": layer.name, "units": layer.units, "dead_units": layer.dead_units,
+                                "upstream_layers": [l.name for l in up], "upstream_parameters": n_up,
+                                "cause": "dead-relu"}
+    if p is not None and p.bias_mean is not None:
+        evidence["feeding_bias_mean"] = {p.name: p.bias_mean}
+    fixes = []
+    if cut["after_last_weight"]:
+        fixes.append(f"Remove the ReLU after the last Linear ({name(layer.name)}): logits must be able to go "
+                     "negative. Return the raw outputs and let the loss (F.cross_entropy, BCEWithLogitsLoss) "
+                     "apply softmax/sigmoid.")
+    else:
+        fixes.append(f"Replace {name(layer.name)} with nn.LeakyReLU(0.01) (or nn.ELU) so negative inputs still "
+                     "pass a gradient.")
+    if p is not None and p.bias_mean is not None and p.bias_mean < -0.1:
+        fixes.append(f"Reset `{p.name}.bias` (mean {fmt(p.bias_mean)}) with torch.nn.init.zeros_: a negative bias "
+                     "keeps every unit below 0.")
+    return r.finding(layer.name, msg, evidence, fixes, Severity.ERROR)
 
 
 RULE = dead_relus

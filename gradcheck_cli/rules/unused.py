@@ -5,7 +5,7 @@ from typing import Any
 
 from gradcheck_cli.findings import Finding, Severity
 from gradcheck_cli import stats as S
-from gradcheck_cli.rules._common import list_names, name
+from gradcheck_cli.rules._common import list_names, name, signal_cut
 from gradcheck_cli.rules.base import Rule, rule
 from gradcheck_cli.stats import RunStats
 
@@ -45,22 +45,55 @@ def unused_parameters(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Fi
         PyTorch DistributedDataParallel documentation, find_unused_parameters.
     """
     out = []
-    if stats.unused_parameters:
-        groups = _by_module(stats.unused_parameters)
+    cut = signal_cut(stats)
+    # Parameters upstream of a point where all learning signal dies are reported once, as that failure
+    # (vanishing-gradients / dead-relus), not again as unused.
+    covered: set[str] = set()
+    if cut is not None:
+        for layer in cut["upstream"]:
+            prefix = f"{layer.name}." if layer.name else ""
+            covered |= {p for p in stats.unused_parameters + stats.zero_grad_parameters
+                        if p.startswith(prefix) and "." not in p[len(prefix):]}
+    unused = [p for p in stats.unused_parameters if p not in covered]
+    zero_grad = [p for p in stats.zero_grad_parameters if p not in covered]
+    if unused:
+        groups = _by_module(unused)
+        # A module that ran and trains its other parameters uses these only on some code paths (a mask token
+        # used only with a mask, a relative-position table for longer inputs): context, not a defect.
+        partial = [m for m in groups if _learns(stats, m)]
+        idle = [m for m in groups if m not in partial]
+        for mods, sev in ((idle, None), (partial, Severity.INFO)):
+            if not mods:
+                continue
+            params = [p for m in mods for p in groups[m]]
+            n = len(params)
+            if sev is None:
+                msg = (f"{n} trainable parameter{'s' if n > 1 else ''} in {len(mods)} module{'s' if len(mods) > 1 else ''} "
+                       f"({list_names(mods)}) never receive a gradient: the loss does not depend on them.")
+            else:
+                msg = (f"{n} trainable parameter{'s' if n > 1 else ''} ({list_names(params)}) of module"
+                       f"{'s' if len(mods) > 1 else ''} that otherwise train get no gradient in these passes: they "
+                       "are used only on some code paths (e.g. a mask token used only when a mask is given).")
+            ignored = stats.loss_ignored_outputs
+            if sev is None and ignored:
+                sev = Severity.INFO
+                msg = msg[:-1] + (f", possibly because the default loss could not use output{'s' if len(ignored) > 1 else ''} "
+                                  f"{', '.join(ignored)}: pass a --loss that covers every output.")
+            target = "model" if mods[0] == "(model)" else f"model.{mods[0]}"
+            fixes = [f"Use {list_names(mods)} in forward, or remove {'them' if len(mods) > 1 else 'it'} from __init__.",
+                     f"If {'they are' if len(mods) > 1 else 'it is'} intentionally unused, freeze with "
+                     f"{target}.requires_grad_(False) so optimizers and DistributedDataParallel skip it.",
+                     "Check for .detach(), torch.no_grad() or .item() on the path from these layers to the loss."]
+            if sev is Severity.INFO and not ignored:
+                fixes = ["Nothing to fix if the code path that uses them runs in training; under "
+                         "DistributedDataParallel pass find_unused_parameters=True or make sure every step uses them.",
+                         f"If they are never used for your task, freeze them: {target}.requires_grad_(False)."]
+            out.append(r.finding(mods[0], msg, {"parameters": params, "modules": mods}, fixes, sev))
+    if zero_grad:
+        stats_zero = zero_grad
+        groups = _by_module(stats_zero)
         mods = list(groups)
-        n = len(stats.unused_parameters)
-        msg = (f"{n} trainable parameter{'s' if n > 1 else ''} in {len(mods)} module{'s' if len(mods) > 1 else ''} "
-               f"({list_names(mods)}) never receive a gradient: the loss does not depend on them.")
-        target = "model" if mods[0] == "(model)" else f"model.{mods[0]}"
-        fixes = [f"Use {list_names(mods)} in forward, or remove {'them' if len(mods) > 1 else 'it'} from __init__.",
-                 f"If {'they are' if len(mods) > 1 else 'it is'} intentionally unused, freeze with "
-                 f"{target}.requires_grad_(False) so optimizers and DistributedDataParallel skip it.",
-                 "Check for .detach(), torch.no_grad() or .item() on the path from these layers to the loss."]
-        out.append(r.finding(mods[0], msg, {"parameters": stats.unused_parameters, "modules": mods}, fixes))
-    if stats.zero_grad_parameters:
-        groups = _by_module(stats.zero_grad_parameters)
-        mods = list(groups)
-        n = len(stats.zero_grad_parameters)
+        n = len(stats_zero)
         msg = (f"{n} trainable parameter{'s' if n > 1 else ''} in {list_names(mods)} receive{'' if n > 1 else 's'} "
                "an exactly-zero gradient in every pass.")
         dead = [l for l in stats.layers if l.activation == S.RELU and l.dead_fraction == 1.0]
@@ -70,9 +103,15 @@ def unused_parameters(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Fi
             severity = Severity.INFO
         fixes = ["Look upstream for dead ReLUs (see dead-relus) or a multiplication by zero that cuts the gradient.",
                  f"If {list_names(mods)} should not train, freeze it with requires_grad_(False)."]
-        out.append(r.finding(mods[0], msg, {"parameters": stats.zero_grad_parameters, "modules": mods}, fixes,
+        out.append(r.finding(mods[0], msg, {"parameters": stats_zero, "modules": mods}, fixes,
                              severity))
     return out
+
+
+def _learns(stats: RunStats, module: str) -> bool:
+    """The module was called and some of its own parameters got a non-zero gradient."""
+    layer = stats.layer("" if module == "(model)" else module)
+    return bool(layer is not None and layer.calls and layer.grad_norm)
 
 
 RULE = unused_parameters

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from gradcheck_cli import stats as S
 from gradcheck_cli.findings import Finding, Severity
 from gradcheck_cli.rules._common import (
-    activation_layers, depth_ratio, describe_group, fmt, has_normalization, name, weight_layers,
+    activation_layers, depth_ratio, describe_group, fmt, geo_median, has_normalization, name, signal_cut,
+    weight_layers, x_factor, xavier_std,
 )
 from gradcheck_cli.rules.base import Option, Rule, rule
 from gradcheck_cli.stats import RunStats
@@ -21,6 +23,10 @@ from gradcheck_cli.stats import RunStats
         Option("min_layers", 3, "layers with parameters needed before depth is judged"),
         Option("time_ratio", 1e-3, "recurrent layers: warn when earliest/latest per-step gradient is below this"),
         Option("min_time_steps", 10, "recurrent layers: sequence length needed before time is judged"),
+        Option("steady_ratio", 0.2, "sigmoid/tanh stacks: warn when the signal decays at every layer and "
+                                    "early/late is below this"),
+        Option("relative_speed", 1e-6, "warn when a weight layer's |grad|/|weight| is below this fraction of "
+                                       "the model's median"),
     ),
 )
 def vanishing_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
@@ -61,8 +67,14 @@ def vanishing_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
         AUTOTRAINER (ICSE'21) first/last gradient ratio < 1e-3.
     """
     findings: list[Finding] = []
+    cut = signal_cut(stats)
+    if cut is not None and cut["cause"] != "dead-relu":   # a fully dead ReLU layer: reported by dead-relus
+        findings.append(_no_signal(stats, cut, r))
+        findings.extend(_through_time(stats, opts, r))
+        return findings
     d = depth_ratio(stats, opts["min_layers"])
-    if d is not None and d["ratio"] < opts["ratio"]:
+    steady = _steady_saturating_decay(stats, d, opts)
+    if d is not None and (d["ratio"] < opts["ratio"] or steady):
         ratio, per_layer, profile = d["ratio"], d["per_layer"], d["profile"]
         sev = Severity.ERROR if ratio < opts["error_ratio"] else r.severity
         first = profile[0]
@@ -71,12 +83,112 @@ def vanishing_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
         if first.grad_norm is not None and first.weight_norm:
             evidence["first_layer_grad_to_weight"] = first.grad_norm / first.weight_norm
         e, l = evidence["early_output_grad_norm"], evidence["late_output_grad_norm"]
-        msg = (f"The error signal |dL/dy| at the first layers is {fmt(ratio)} of that at the last layers "
-               f"({fmt(e)} vs {fmt(l)}; x{per_layer:.2f} per layer over {len(profile)} layers), "
-               f"so {name(first.name)} barely learns.")
+        if steady and ratio >= opts["ratio"]:
+            evidence["steady_threshold"] = opts["steady_ratio"]
+            msg = (f"The error signal |dL/dy| shrinks at every layer of this sigmoid/tanh stack, to {fmt(ratio)} "
+                   f"at the first layers ({fmt(e)} vs {fmt(l)}; {x_factor(per_layer)} per layer over "
+                   f"{len(profile)} layers): {name(first.name)} learns {fmt(1 / ratio)} times slower than the last "
+                   "layers (Nielsen's vanishing gradient problem).")
+        else:
+            msg = (f"The error signal |dL/dy| at the first layers is {fmt(ratio)} of that at the last layers "
+                   f"({fmt(e)} vs {fmt(l)}; {x_factor(per_layer)} per layer over {len(profile)} layers), "
+                   f"so {name(first.name)} barely learns.")
         findings.append(r.finding(first.name, msg, evidence, _depth_fixes(stats, profile, per_layer), sev))
+    elif not findings:
+        slow = _negligible_weight_grads(stats, opts)
+        if slow is not None:
+            findings.append(_slow_finding(stats, slow, opts, r))
     findings.extend(_through_time(stats, opts, r))
     return findings
+
+
+def _steady_saturating_decay(stats: RunStats, d: dict | None, opts: dict[str, Any]) -> bool:
+    """Moderate but steady decay through a sigmoid/tanh stack (Nielsen ch. 5: each sigmoid layer passes at
+    most 1/4 of the signal): every layer's |dL/dy| below the next one's, early/late below `steady_ratio`,
+    and most hidden activations sigmoid/tanh. ReLU-family and normalised stacks are not judged this way."""
+    if d is None or d["ratio"] >= opts["steady_ratio"]:
+        return False
+    acts = [l for l in stats.layers if l.activation is not None]
+    saturating = [l for l in acts if l.activation in (S.SIGMOID, S.TANH)]
+    if not acts or len(saturating) * 2 < len(acts) or has_normalization(stats):
+        return False
+    g = [l.output_grad_norm for l in d["profile"]]
+    return all(a < b * 1.05 for a, b in zip(g, g[1:]))
+
+
+def _negligible_weight_grads(stats: RunStats, opts: dict[str, Any]) -> dict | None:
+    """Weight layers whose gradient is negligible against their own weights, relative to the rest of the
+    model (|g|/|w| below `relative_speed` times the median): they do not learn even when a residual stream
+    keeps |dL/dy| flat (a Llama built with initializer_range=1e-5: q_proj gradient ~1e-20)."""
+    speeds = [(l, l.grad_norm / l.weight_norm) for l in weight_layers(stats)
+              if l.grad_norm and l.weight_norm and math.isfinite(l.grad_norm) and math.isfinite(l.weight_norm)]
+    if len(speeds) < opts["min_layers"]:
+        return None
+    median = geo_median(v for _, v in speeds)
+    slow = [(l, v) for l, v in speeds if v < opts["relative_speed"] * median]
+    if not slow:
+        return None
+    return {"slow": slow, "median": median, "measured": len(speeds)}
+
+
+def _slow_finding(stats: RunStats, slow: dict, opts: dict[str, Any], r: Rule) -> Finding:
+    layers = slow["slow"]
+    worst, v = min(layers, key=lambda x: x[1])
+    tiny = [l for l, _ in layers if l.weight_rms is not None and l.fan_in and l.weight_rms < 0.01 * xavier_std(l)]
+    msg = (f"{len(layers)} of {slow['measured']} weight layers get a negligible gradient relative to their weights "
+           f"(worst {name(worst.name)}: |grad|/|weight| = {fmt(v)}, {fmt(v / slow['median'])} of the model's median "
+           f"{fmt(slow['median'])}): they will not learn, even though the error signal reaches them.")
+    evidence = {"relative_speed": {l.name: s for l, s in layers}, "median_relative_speed": slow["median"],
+                "threshold": opts["relative_speed"], "layers_measured": slow["measured"],
+                "grad_norm": {l.name: l.grad_norm for l, _ in layers},
+                "weight_rms": {l.name: l.weight_rms for l, _ in layers}}
+    fixes = []
+    if tiny:
+        t = tiny[0]
+        fixes.append(f"Initialise the weights at a normal scale: {name(t.name)} has weight std {fmt(t.weight_rms)} "
+                     f"against {fmt(xavier_std(t))} for Xavier (for a Hugging Face model, initializer_range in the "
+                     "config, typically 0.02): products of tiny weights (e.g. attention scores q·k) have gradients "
+                     "that are tinier still.")
+    fixes.append("Initialise with torch.nn.init.xavier_normal_ / kaiming_normal_ (or the library's default "
+                 "init) so every layer's gradient is comparable to its weights.")
+    return r.finding(worst.name, msg, evidence, fixes)
+
+
+def _no_signal(stats: RunStats, cut: dict, r: Rule) -> Finding:
+    """Every trainable layer upstream of a point gets an exactly-zero gradient: no learning signal."""
+    up, down, at, cause = cut["upstream"], cut["downstream"], cut["cut_layer"], cut["cause"]
+    n_up = sum(l.trainable_params for l in up)
+    total = sum(l.trainable_params for l in up + down) or 1
+    where = (f"at {name(at.name)} ({at.type})" if at is not None else "in the loss")
+    last_zero = up[-1]
+    msg = (f"No learning signal: the {len(up)} weight layer{'s' if len(up) != 1 else ''} up to {name(last_zero.name)} "
+           f"({fmt(n_up / total * 100)}% of the trainable parameters) get an exactly-zero gradient in every step; "
+           f"the gradient dies {where}.")
+    evidence = {"upstream_layers": [l.name for l in up], "upstream_parameters": n_up,
+                "learning_layers": [l.name for l in down], "cut_at": at.name if at is not None else None,
+                "cut_type": at.type if at is not None else None, "cause": cause}
+    fixes = []
+    if cause == "softmax":
+        fixes.append(f"{name(at.name)} is a softmax over a dimension of size 1: its output is always 1 and its "
+                     "gradient always 0. For one output per example use torch.sigmoid with nn.BCEWithLogitsLoss "
+                     "(or nn.BCELoss), or give the last layer 2 outputs and use nn.CrossEntropyLoss.")
+    elif cause == "zero-weight":
+        msg = (f"{name(at.name)}'s weights are exactly zero (a zero-initialised output layer), so the "
+               f"{len(up)} weight layer{'s' if len(up) != 1 else ''} before it get an exactly-zero gradient at step 0 "
+               "only: the first update makes it non-zero. Not a defect; keep training those weights.")
+        fixes.append("Nothing to do if the zero init is deliberate (it is common for output heads and residual "
+                     "branches); do not freeze the layers before it.")
+        return r.finding(at.name, msg, evidence, fixes, Severity.INFO)
+    elif cause == "loss":
+        fixes.append("The loss does not change with the model's output (it multiplies it by zero or compares it): "
+                     "check the loss function and the targets.")
+    else:
+        fixes.append(f"Look at the model's forward between {name(last_zero.name)} and {where.replace('at ', '', 1)}: "
+                     "argmax, round, comparisons (>, ==), .detach(), .long()/.int() casts and torch.no_grad() have no "
+                     "gradient, and a multiplication by an all-zero tensor (a zero mask, a zero-initialised scale) "
+                     "passes none.")
+    fixes.append("Check by hand: loss.backward() and print p.grad.abs().max() for the first layer; it must be > 0.")
+    return r.finding(at.name if at is not None else last_zero.name, msg, evidence, fixes, Severity.ERROR)
 
 
 def _depth_fixes(stats: RunStats, profile: list, per_layer: float) -> list[str]:
@@ -97,7 +209,7 @@ def _depth_fixes(stats: RunStats, profile: list, per_layer: float) -> list[str]:
                       f"{fmt((2.0 / w.fan_in) ** 0.5)})")
         fixes.append(f"Initialise the {len(weights)} weight layers with torch.nn.init.kaiming_normal_(w, "
                      f"nonlinearity='relu') (He init, std = sqrt(2/fan_in)){detail}: PyTorch's default "
-                     f"init shrinks the signal in deep plain stacks; measured x{per_layer:.2f} per layer.")
+                     f"init shrinks the signal in deep plain stacks; measured {x_factor(per_layer)} per layer.")
     if not has_normalization(stats):
         fixes.append(f"Add normalisation (nn.BatchNorm1d/2d after each Linear/Conv, or nn.LayerNorm) to the "
                      f"{len(weights)} weight layers so each layer's inputs keep unit scale.")
