@@ -129,11 +129,11 @@ def test_fail_on_never_gives_0_on_a_broken_model():
 
 
 def test_fail_on_error_ignores_warnings():
-    r = check(ex("dead_relu.py:build"), "--fail-on", "error")
+    r = check(ex("saturated_tanh.py:build"), "--fail-on", "error")
     assert r.exit_code == 0
-    assert "GC105" in r.stdout and "WARNING" in r.stdout
+    assert "GC104" in r.stdout and "WARNING" in r.stdout
     # ... and the same model fails at the default threshold (warning).
-    assert check(ex("dead_relu.py:build")).exit_code == 1
+    assert check(ex("saturated_tanh.py:build")).exit_code == 1
 
 
 def test_fail_on_error_fails_on_errors():
@@ -617,7 +617,7 @@ def test_explain_prints_sections(key):
     assert out.startswith("GC105 dead-relus")
     for title in ("What it does", "Why it matters", "Example", "Fix", "References", "Options"):
         assert title in out, title
-    assert "fraction = 0.5" in out and "min_units = 4" in out
+    assert "fraction = 0.5" in out and "min_units = 16" in out
 
 
 def test_explain_by_code_equals_explain_by_id():

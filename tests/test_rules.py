@@ -103,13 +103,13 @@ def assert_well_formed(f: Finding, rule, severity: Severity, layer) -> None:
 # Registry and documentation
 # --------------------------------------------------------------------------------------------------------
 
-def test_registry_has_the_six_rules_with_unique_ids_and_codes():
+def test_registry_has_the_seven_rules_with_unique_ids_and_codes():
     ids = [r.id for r in RULES]
     codes = [r.code for r in RULES]
     assert set(ids) == {"vanishing-gradients", "exploding-gradients", "non-finite", "saturated-activations",
-                        "dead-relus", "unused-parameters"}
-    assert len(set(ids)) == len(ids) == 6
-    assert len(set(codes)) == len(codes) == 6
+                        "dead-relus", "unused-parameters", "initial-loss"}
+    assert len(set(ids)) == len(ids) == 7
+    assert len(set(codes)) == len(codes) == 7
     assert codes == sorted(codes), "RULES is documented to be in code order"
 
 

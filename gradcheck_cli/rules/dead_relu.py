@@ -5,7 +5,7 @@ from typing import Any
 from gradcheck_cli import stats as S
 from gradcheck_cli.findings import Finding, Severity
 from gradcheck_cli.rules._common import (
-    describe_group, fmt, has_normalization, name, pct, preceding_param_layer, signal_cut,
+    describe_group, fmt, has_normalization, list_names, name, pct, preceding_param_layer, signal_cut,
 )
 from gradcheck_cli.rules.base import Option, Rule, rule
 from gradcheck_cli.stats import RunStats
@@ -48,12 +48,11 @@ def dead_relus(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
         AUTOTRAINER (ICSE'21): >= 70% of gradients exactly zero; DeepDiagnosis (ICSE'22).
     """
     out: list[Finding] = []
-    cut = signal_cut(stats)
-    if cut is not None and cut["cause"] == "dead-relu":
-        out.append(_cut_finding(stats, cut, r))
     bad = [l for l in stats.layers if l.activation == S.RELU and l.dead_fraction is not None
-           and (l.units or 0) >= opts["min_units"] and l.dead_fraction >= opts["fraction"]
-           and not (out and l is cut["cut_layer"])]
+           and (l.units or 0) >= opts["min_units"] and l.dead_fraction >= opts["fraction"]]
+    cut = signal_cut(stats)
+    if cut is not None and cut["cause"] == "dead-relu":   # one cause, one finding: the cut, with the others
+        return [_cut_finding(stats, cut, [l for l in bad if l is not cut["cut_layer"]], r)]
     if not bad:
         return out
     worst = max(bad, key=lambda l: l.dead_fraction)
@@ -86,7 +85,7 @@ def dead_relus(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
     return out
 
 
-def _cut_finding(stats: RunStats, cut: dict, r: Rule) -> Finding:
+def _cut_finding(stats: RunStats, cut: dict, others: list, r: Rule) -> Finding:
     """A fully dead ReLU layer that cuts the gradient to every weight before it: no learning signal."""
     layer = cut["cut_layer"]
     up = cut["upstream"]
@@ -98,6 +97,9 @@ def _cut_finding(stats: RunStats, cut: dict, r: Rule) -> Finding:
     evidence: dict[str, Any] = {"cut_at": layer.name, "units": layer.units, "dead_units": layer.dead_units,
                                 "upstream_layers": [l.name for l in up], "upstream_parameters": n_up,
                                 "cause": "dead-relu"}
+    evidence["dead_units"] = {l.name: {"dead": l.dead_units, "units": l.units} for l in [layer] + others}
+    if others:
+        msg += f" {len(others)} more ReLU layer{'s are' if len(others) > 1 else ' is'} mostly dead ({list_names([l.name for l in others])})."
     if p is not None and p.bias_mean is not None:
         evidence["feeding_bias_mean"] = {p.name: p.bias_mean}
     fixes = []
