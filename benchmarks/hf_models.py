@@ -76,8 +76,8 @@ ARCHS: dict[str, tuple[str, str, dict, tuple | None]] = {
     "mamba": ("MambaForCausalLM", "MambaConfig", dict(vocab_size=V, hidden_size=H, num_hidden_layers=3,
                                                       state_size=8), None),
     "helium": ("HeliumForCausalLM", "HeliumConfig", {**_DEC, **_KV, "head_dim": 16}, None),
-    "glm": ("GlmForCausalLM", "GlmConfig", {**_DEC, **_KV, "head_dim": 16}, None),
-    "smollm3": ("SmolLM3ForCausalLM", "SmolLM3Config", {**_DEC, **_KV}, None),
+    "glm": ("GlmForCausalLM", "GlmConfig", {**_DEC, **_KV, "head_dim": 16, "pad_token_id": 0}, None),
+    "smollm3": ("SmolLM3ForCausalLM", "SmolLM3Config", {**_DEC, **_KV, "pad_token_id": 0}, None),
     "nemotron": ("NemotronForCausalLM", "NemotronConfig", {**_DEC, **_KV}, None),
     "jetmoe": ("JetMoeForCausalLM", "JetMoeConfig", dict(vocab_size=V, hidden_size=H, num_hidden_layers=3,
                                                          num_key_value_heads=4, kv_channels=16,
@@ -95,7 +95,7 @@ ARCHS: dict[str, tuple[str, str, dict, tuple | None]] = {
     "deberta": ("DebertaForSequenceClassification", "DebertaConfig", _ENC, None),
     "deberta_v2": ("DebertaV2ForSequenceClassification", "DebertaV2Config", _ENC, None),
     "xlm_roberta": ("XLMRobertaForSequenceClassification", "XLMRobertaConfig",
-                    {**_ENC, "max_position_embeddings": 130}, None),
+                    {**_ENC, "max_position_embeddings": 130}, "tokens"),
     "mpnet": ("MPNetForSequenceClassification", "MPNetConfig", {**_ENC, "max_position_embeddings": 130}, None),
     "convbert": ("ConvBertForSequenceClassification", "ConvBertConfig", {**_ENC, "embedding_size": H}, None),
     "squeezebert": ("SqueezeBertForSequenceClassification", "SqueezeBertConfig",
@@ -112,8 +112,6 @@ ARCHS: dict[str, tuple[str, str, dict, tuple | None]] = {
     "rembert": ("RemBertForSequenceClassification", "RemBertConfig",
                 {**_ENC, "input_embedding_size": 32, "output_embedding_size": 32}, None),
     "fnet": ("FNetForSequenceClassification", "FNetConfig", _ENC, None),
-    "nystromformer": ("NystromformerForSequenceClassification", "NystromformerConfig",
-                      {**_ENC, "num_landmarks": 8, "max_position_embeddings": 130}, None),
     # --- encoder-decoders (token ids plus decoder_input_ids: see BATCHES) ------------------------------------
     "t5": ("T5ForConditionalGeneration", "T5Config", dict(vocab_size=V, d_model=H, d_kv=16, d_ff=128, num_layers=2,
                                                           num_heads=4, decoder_start_token_id=0), "seq2seq"),
@@ -157,22 +155,22 @@ ARCHS: dict[str, tuple[str, str, dict, tuple | None]] = {
                      (8, 3, 64, 64)),
     "efficientnet": ("EfficientNetForImageClassification", "EfficientNetConfig", dict(width_coefficient=0.25,
                                                                                      depth_coefficient=0.25,
-                                                                                     image_size=64, **_IMG),
+                                                                                     image_size=64, hidden_dim=320,
+                                                                                     **_IMG),
                      (8, 3, 64, 64)),
-    "levit": ("LevitForImageClassification", "LevitConfig", dict(image_size=64, hidden_sizes=[32, 48, 64],
+    "levit": ("LevitForImageClassification", "LevitConfig", dict(image_size=224, hidden_sizes=[32, 48, 64],
                                                                 num_attention_heads=[2, 2, 2], depths=[1, 1, 1],
-                                                                key_dim=[8, 8, 8], **_IMG), (8, 3, 64, 64)),
+                                                                key_dim=[8, 8, 8], **_IMG), (8, 3, 224, 224)),
     "poolformer": ("PoolFormerForImageClassification", "PoolFormerConfig", dict(hidden_sizes=[16, 32, 64, 128],
                                                                                depths=[1, 1, 1, 1], **_IMG),
                    (8, 3, 64, 64)),
-    "cvt": ("CvtForImageClassification", "CvtConfig", dict(embed_dim=[16, 32, 64], num_heads=[1, 2, 4],
-                                                          depth=[1, 1, 1], **_IMG), (8, 3, 64, 64)),
-    "bit": ("BitForImageClassification", "BitConfig", dict(embedding_size=16, hidden_sizes=[16, 32, 64, 128],
-                                                           depths=[1, 1, 1, 1], **_IMG), (8, 3, 64, 64)),
-    "mobilevit": ("MobileViTForImageClassification", "MobileViTConfig", dict(image_size=64, hidden_sizes=[32, 48, 64],
+    "bit": ("BitForImageClassification", "BitConfig", dict(embedding_size=32, hidden_sizes=[32, 64, 128, 256],
+                                                           depths=[1, 1, 1, 1], num_groups=8, **_IMG),
+            (8, 3, 64, 64)),
+    "mobilevit": ("MobileViTForImageClassification", "MobileViTConfig", dict(image_size=128, hidden_sizes=[32, 48, 64],
                                                                             neck_hidden_sizes=[8, 8, 16, 16, 24, 32,
                                                                                                64], **_IMG),
-                  (8, 3, 64, 64)),
+                  (8, 3, 128, 128)),
     "segformer": ("SegformerForImageClassification", "SegformerConfig", dict(hidden_sizes=[16, 32, 64, 128],
                                                                             depths=[1, 1, 1, 1],
                                                                             decoder_hidden_size=64, **_IMG),
@@ -194,7 +192,13 @@ def input_shape(name: str) -> tuple | None:
 
 
 def needs_batch(name: str) -> str | None:
-    return "seq2seq_batch" if ARCHS[name][3] == "seq2seq" else None
+    return {"seq2seq": "seq2seq_batch", "tokens": "token_batch"}.get(ARCHS[name][3])
+
+
+def token_batch():
+    """Token ids 8 x 32 (for models whose first registered layer is not the embedding)."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(1, V, (8, 32), generator=g)
 
 
 def seq2seq_batch():

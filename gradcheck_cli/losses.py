@@ -77,9 +77,9 @@ def primary_tensor(output: Any) -> torch.Tensor | None:
 
 def named_outputs(output: Any, prefix: str = "output") -> list[tuple[str, torch.Tensor]]:
     """Every tensor a default loss can be computed on, named for the report: the output itself; for a
-    dict / Hugging Face ModelOutput the `*logits` entries when there are any (hidden states, attentions
-    and caches are not predictions), else every tensor value except "loss"; for a tuple/list, every
-    tensor in it (nested tuples and dicts included)."""
+    Hugging Face ModelOutput its `*logits` entries when there are any (hidden states, attentions and caches
+    are not predictions); for a dict every tensor value except "loss"; for a tuple/list every tensor in it
+    (nested tuples and dicts included)."""
     if isinstance(output, torch.Tensor):
         return [(prefix, output)]
     items: list[tuple[str, Any]] = []
@@ -89,7 +89,10 @@ def named_outputs(output: Any, prefix: str = "output") -> list[tuple[str, torch.
             keys = [k for k in output.keys() if k != "loss"]
         except Exception:   # pragma: no cover - an unusual mapping
             keys = []
-        logit_keys = [k for k in keys if "logits" in str(k) and isinstance(output[k], torch.Tensor)]
+        # A Hugging Face ModelOutput also carries hidden states, attentions and caches: only its logits are
+        # predictions. A plain dict's tensors are all outputs.
+        hf = hasattr(output, "to_tuple")
+        logit_keys = [k for k in keys if hf and "logits" in str(k) and isinstance(output[k], torch.Tensor)]
         items = [(str(k) if prefix == "output" else f"{prefix}.{k}", output[k]) for k in (logit_keys or keys)]
     elif isinstance(output, (tuple, list)):
         items = [(f"{prefix}[{i}]", item) for i, item in enumerate(output)]

@@ -190,6 +190,13 @@ def signal_cut(stats: RunStats) -> dict | None:
         return {"upstream": upstream, "downstream": [], "cut_layer": None, "cause": "loss",
                 "after_last_weight": True}
     cause = "other"
+    last = upstream[-1]
+    if last.output_grad_norm not in (None, 0.0) and last.output_grad_norm == last.output_grad_norm:
+        # The error signal does reach the last zero layer; its weight gradient (dL/dy times its input) is
+        # zero because its inputs are zero or so small that the product underflows: activations vanished
+        # on the way forward.
+        return {"upstream": upstream, "downstream": downstream, "cut_layer": last, "cause": "zero-input",
+                "after_last_weight": False}
     if cut_layer.activation == S.RELU and cut_layer.dead_fraction == 1.0:
         cause = "dead-relu"
     elif any(t in cut_layer.type for t in ("Softmax", "LogSoftmax", "softmax")):

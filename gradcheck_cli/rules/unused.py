@@ -5,7 +5,7 @@ from typing import Any
 
 from gradcheck_cli.findings import Finding, Severity
 from gradcheck_cli import stats as S
-from gradcheck_cli.rules._common import list_names, name, signal_cut
+from gradcheck_cli.rules._common import common_prefix, list_names, name, signal_cut
 from gradcheck_cli.rules.base import Rule, rule
 from gradcheck_cli.stats import RunStats
 
@@ -89,6 +89,37 @@ def unused_parameters(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Fi
                          "DistributedDataParallel pass find_unused_parameters=True or make sure every step uses them.",
                          f"If they are never used for your task, freeze them: {target}.requires_grad_(False)."]
             out.append(r.finding(mods[0], msg, {"parameters": params, "modules": mods}, fixes, sev))
+    # Exact zeros behind a scale that is exactly zero (ReZero's alpha, a zero-initialised last BatchNorm gamma
+    # of a residual branch, adaLN-Zero, zero-init output projections): at step 0 only, not a defect.
+    behind = _behind_zero_scale(stats, zero_grad)
+    if behind:
+        mods = list(_by_module(list(behind)))
+        scales = sorted(set(behind.values()))
+        n = len(behind)
+        msg = (f"{n} trainable parameter{'s' if n > 1 else ''} in {list_names(mods)} get an exactly-zero gradient "
+               f"because a scale after them is exactly zero ({list_names(scales)}: a zero-initialised residual "
+               "branch, as in ReZero, adaLN-Zero or zero_init_residual). This holds at step 0 only: the first "
+               "update makes that scale non-zero and these weights start learning.")
+        fixes = ["Nothing to fix: keep these weights trainable (do not freeze them); the zero init is deliberate."]
+        out.append(r.finding(mods[0], msg, {"parameters": list(behind), "modules": mods, "zero_scales": scales},
+                             fixes, Severity.INFO))
+        zero_grad = [p for p in zero_grad if p not in behind]
+    # Exact zeros in a module whose other parameters learn: their contribution does not change the loss on
+    # these inputs (a bias added equally to every attention logit, a segment embedding with one segment).
+    zgroups = _by_module(zero_grad)
+    any_dead = any(l.activation == S.RELU and l.dead_fraction == 1.0 for l in stats.layers)
+    some = [] if any_dead or cut is not None else [p for m, ps in zgroups.items() if _learns(stats, m) for p in ps]
+    if some:
+        mods = [m for m in zgroups if _learns(stats, m)]
+        n = len(some)
+        msg = (f"{n} trainable parameter{'s' if n > 1 else ''} ({list_names(some)}) get an exactly-zero gradient "
+               f"while the rest of {list_names(mods)} learns: on these inputs they do not change the loss (e.g. a "
+               "bias added equally to every attention logit, which softmax ignores, or a segment embedding when "
+               "every token has the same segment).")
+        fixes = ["Nothing to fix if other inputs exercise them (longer sequences, several segments, larger "
+                 "images); otherwise remove them or freeze them with requires_grad_(False)."]
+        out.append(r.finding(mods[0], msg, {"parameters": some, "modules": mods}, fixes, Severity.INFO))
+        zero_grad = [p for p in zero_grad if p not in some]
     if zero_grad:
         stats_zero = zero_grad
         groups = _by_module(stats_zero)
@@ -101,10 +132,38 @@ def unused_parameters(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Fi
         if dead:   # the cause is reported by dead-relus; keep this as context, not a second failure
             msg = msg[:-1] + f", because every unit of {name(dead[0].name)} is dead (see dead-relus)."
             severity = Severity.INFO
+        elif cut is not None:   # their inputs are zero behind the same cut: one cause, reported once
+            msg = msg[:-1] + ", because their inputs are zero behind the point where the learning signal dies (see " \
+                  "vanishing-gradients)."
+            severity = Severity.INFO
         fixes = ["Look upstream for dead ReLUs (see dead-relus) or a multiplication by zero that cuts the gradient.",
                  f"If {list_names(mods)} should not train, freeze it with requires_grad_(False)."]
         out.append(r.finding(mods[0], msg, {"parameters": stats_zero, "modules": mods}, fixes,
                              severity))
+    return out
+
+
+def _behind_zero_scale(stats: RunStats, params: list[str]) -> dict[str, str]:
+    """{parameter: zero layer} for parameters whose module is followed, in the same block, by a layer whose
+    trainable weights are exactly zero."""
+    zeros = [l for l in stats.layers if l.role == S.PARAM and l.trainable_params and l.weight_norm == 0]
+    if not zeros:
+        return {}
+    out = {}
+    for p in params:
+        mod = p.rsplit(".", 1)[0] if "." in p else ""
+        layer = stats.layer(mod)
+        if layer is None:
+            continue
+        for z in zeros:
+            if z is layer or z.index <= layer.index:
+                continue
+            # ReZero: alpha owned by the block (or the model); otherwise the same block (a common name prefix:
+            # `blocks.0.bn2` for `blocks.0.conv1`, `blocks.0.adaLN_modulation.1` for `blocks.0.attn.qkv`)
+            inside = z.name == "" or mod.startswith(z.name + ".")
+            if inside or common_prefix([z.name, mod]):
+                out[p] = z.name or "(model)"
+                break
     return out
 
 

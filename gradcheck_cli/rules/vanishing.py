@@ -6,7 +6,7 @@ from typing import Any
 from gradcheck_cli import stats as S
 from gradcheck_cli.findings import Finding, Severity
 from gradcheck_cli.rules._common import (
-    activation_layers, depth_ratio, describe_group, fmt, geo_median, has_normalization, name, signal_cut,
+    NORM_TYPES, activation_layers, depth_ratio, describe_group, fmt, geo_median, has_normalization, name, signal_cut,
     weight_layers, x_factor, xavier_std,
 )
 from gradcheck_cli.rules.base import Option, Rule, rule
@@ -23,7 +23,7 @@ from gradcheck_cli.stats import RunStats
         Option("min_layers", 3, "layers with parameters needed before depth is judged"),
         Option("time_ratio", 1e-3, "recurrent layers: warn when earliest/latest per-step gradient is below this"),
         Option("min_time_steps", 10, "recurrent layers: sequence length needed before time is judged"),
-        Option("steady_ratio", 0.2, "sigmoid/tanh stacks: warn when the signal decays at every layer and "
+        Option("steady_ratio", 0.3, "sigmoid/tanh stacks: warn when the signal decays at every layer and "
                                     "early/late is below this"),
         Option("relative_speed", 1e-6, "warn when a weight layer's |grad|/|weight| is below this fraction of "
                                        "the model's median"),
@@ -160,6 +160,8 @@ def _no_signal(stats: RunStats, cut: dict, r: Rule) -> Finding:
     n_up = sum(l.trainable_params for l in up)
     total = sum(l.trainable_params for l in up + down) or 1
     where = (f"at {name(at.name)} ({at.type})" if at is not None else "in the loss")
+    if cause == "other" and at is not None:
+        where = f"between {name(up[-1].name)} and {name(at.name)}"
     last_zero = up[-1]
     msg = (f"No learning signal: the {len(up)} weight layer{'s' if len(up) != 1 else ''} up to {name(last_zero.name)} "
            f"({fmt(n_up / total * 100)}% of the trainable parameters) get an exactly-zero gradient in every step; "
@@ -179,11 +181,29 @@ def _no_signal(stats: RunStats, cut: dict, r: Rule) -> Finding:
         fixes.append("Nothing to do if the zero init is deliberate (it is common for output heads and residual "
                      "branches); do not freeze the layers before it.")
         return r.finding(at.name, msg, evidence, fixes, Severity.INFO)
+    elif cause == "zero-input":
+        msg = (f"No learning signal: the {len(up)} weight layer{'s' if len(up) != 1 else ''} up to {name(last_zero.name)} "
+               f"({fmt(n_up / total * 100)}% of the trainable parameters) get an exactly-zero weight gradient in every "
+               f"step, although the error signal reaches them (|dL/dy| = {fmt(last_zero.output_grad_norm)} at "
+               f"{name(last_zero.name)}): their inputs are zero or so small that dL/dy times the input underflows. "
+               "The activations vanish on the way forward.")
+        norms = [l for l in up if any(t in l.type for t in NORM_TYPES)]
+        small = [l for l in weight_layers(stats) if l in up and l.weight_rms and l.fan_in
+                 and l.weight_rms < 0.25 * (2.0 / l.fan_in) ** 0.5]
+        if norms:
+            fixes.append(f"Check the normalisation layers' scale (e.g. {name(norms[0].name)}): a BatchNorm/LayerNorm "
+                         "whose weight (gamma) is initialised near 0 instead of 1 multiplies the activations by it "
+                         "at every layer, and an eps larger than the activations' variance stops it from "
+                         "restoring their scale.")
+        if small:
+            w = small[0]
+            fixes.append(f"Initialise the weights at He scale: {name(w.name)} has std {fmt(w.weight_rms)} against "
+                         f"{fmt((2.0 / w.fan_in) ** 0.5)} for He (torch.nn.init.kaiming_normal_).")
     elif cause == "loss":
         fixes.append("The loss does not change with the model's output (it multiplies it by zero or compares it): "
                      "check the loss function and the targets.")
     else:
-        fixes.append(f"Look at the model's forward between {name(last_zero.name)} and {where.replace('at ', '', 1)}: "
+        fixes.append(f"Look at the model's forward {where}: "
                      "argmax, round, comparisons (>, ==), .detach(), .long()/.int() casts and torch.no_grad() have no "
                      "gradient, and a multiplication by an all-zero tensor (a zero mask, a zero-initialised scale) "
                      "passes none.")
