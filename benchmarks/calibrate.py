@@ -177,7 +177,7 @@ def main() -> int:
             except ImportError:
                 print(f"| {spec} | skipped: transformers not installed |")
                 continue
-        from gradcheck_cli.collect import run_passes  # noqa: F401  (import cost outside the timing)
+        from gradcheck_cli.measure import run_passes  # noqa: F401  (import cost outside the timing)
         t = time.perf_counter()
         report = run_check(Settings(model=spec, device="cpu", **extra))
         dt = time.perf_counter() - t

@@ -7,7 +7,7 @@
 For each model it times K passes (forward, loss, torch.autograd.grad over every trainable parameter)
 three ways, interleaved round by round in the same process:
   plain         the passes alone, exactly as gradcheck runs them but with no instrumentation;
-  gradcheck     collect.run_passes: the passes instrumented exactly as `gradcheck check` does;
+  gradcheck     measure.run_passes: the passes instrumented exactly as `gradcheck check` does;
   anomaly       the plain passes under torch.autograd.detect_anomaly(), the usual reference.
 Each round gives a ratio (gradcheck/plain, anomaly/plain); the table shows the median over rounds.
 Peak memory: the memory the K passes need above what the setup (model, batches) holds: on CUDA from
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from gradcheck_cli import batches, collect, losses  # noqa: E402
+from gradcheck_cli import batches, losses, measure  # noqa: E402
 
 K = 3   # passes per timing sample (gradcheck's default --steps)
 
@@ -115,7 +115,7 @@ def make(model: nn.Module, shape: tuple[int, ...], device: torch.device):
         sync(device)
 
     def instrumented() -> None:
-        collect.run_passes(model, src, loss_fn, steps=K, seed=0, device=device)
+        measure.run_passes(model, src, loss_fn, steps=K, seed=0, device=device)
         sync(device)
 
     def anomaly() -> None:
@@ -150,7 +150,7 @@ def overhead(name: str, model: nn.Module, shape: tuple[int, ...], device: torch.
         ratios_gc.append(t["gradcheck"] / t["plain"])
         ratios_an.append(t["anomaly"] / t["plain"])
         plain_t.append(t["plain"])
-    n_layers = len(collect.Instrumentation(model).layers)
+    n_layers = len(measure.Inventory(model).layers)
     return {"model": name, "layers": n_layers, "plain_ms_per_pass": 1000 * statistics.median(plain_t) / K,
             "gradcheck_ratio": statistics.median(ratios_gc), "anomaly_ratio": statistics.median(ratios_an),
             "gradcheck_ratio_p90": sorted(ratios_gc)[int(0.9 * (len(ratios_gc) - 1))]}

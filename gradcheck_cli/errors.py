@@ -24,10 +24,15 @@ class GradcheckError(Exception):
 
     exit_code = EXIT_USAGE
 
-    def __init__(self, message: str, *, hint: str | None = None):
+    def __init__(self, message: str, *, hint: str | None = None, reason: str | None = None,
+                 detail: str | None = None):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        # Set by the measuring code, which knows what went wrong but not which CLI flag or API argument
+        # fixes it: the pipeline turns reason/detail into the hint (pipeline.add_hint).
+        self.reason = reason
+        self.detail = detail
 
     def one_line(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
@@ -48,8 +53,8 @@ class UserCodeError(GradcheckError):
     exit_code = EXIT_USER_CODE
 
     def __init__(self, message: str, *, phase: str, where: str | None = None, hint: str | None = None,
-                 original: BaseException | None = None):
-        super().__init__(message, hint=hint)
+                 original: BaseException | None = None, reason: str | None = None, detail: str | None = None):
+        super().__init__(message, hint=hint, reason=reason, detail=detail)
         self.phase = phase
         self.where = where
         self.original = original

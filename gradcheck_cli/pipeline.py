@@ -11,8 +11,7 @@ from typing import Any
 from gradcheck_cli import __version__
 from gradcheck_cli.config import RuleSettings, Settings
 from gradcheck_cli.deadline import Deadline, RunTimeout, set_phase
-from gradcheck_cli.errors import UserCodeError
-from gradcheck_cli.errors import InputError
+from gradcheck_cli.errors import GradcheckError, InputError, UserCodeError
 from gradcheck_cli.findings import FailOn, Finding, Report, Severity
 from gradcheck_cli.rules import RULES
 from gradcheck_cli.stats import RunStats
@@ -82,15 +81,20 @@ def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any
                  origin: Any = None) -> Report:
     """The passes, the rules and the report for a model, batch source and loss already in hand.
     `origin` is what the spec named (class, factory or instance), for source locations."""
-    from gradcheck_cli import collect, sources
+    from gradcheck_cli import sources
+    from gradcheck_cli.measure import run_passes
     from gradcheck_cli.seeding import host_rngs_preserved
     from gradcheck_cli.wrappers import unwrap
 
     # torch.compile / DDP / DataParallel add `_orig_mod.` / `module.` to every name: check the model inside.
     model, wrappers = unwrap(model)
     t1 = time.perf_counter()
-    with host_rngs_preserved():   # the passes seed numpy and random too (models that draw from them)
-        result = collect.run_passes(model, source, loss_fn, steps=s.steps, seed=s.seed, device=device)
+    try:
+        with host_rngs_preserved():   # the passes seed numpy and random too (models that draw from them)
+            result = run_passes(model, source, loss_fn, steps=s.steps, seed=s.seed, device=device)
+    except GradcheckError as exc:
+        add_hint(exc)
+        raise
     result.stats.loss_kind = getattr(loss_fn, "kind", None)
     result.stats.loss_classes = getattr(loss_fn, "classes", None)
     result.stats.loss_outputs = getattr(loss_fn, "outputs", None)
@@ -129,6 +133,22 @@ def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any
 
         apply_ignores(report, s.ignore)
     return report
+
+
+def add_hint(exc: GradcheckError) -> None:
+    """The measuring code says what went wrong (exc.reason, exc.detail); which option fixes it is said
+    here, next to the options."""
+    if exc.hint is not None or exc.reason is None:
+        return
+    phase = getattr(exc, "phase", "")
+    hints = {
+        "timeout": f"the {phase} pass is still running after {exc.detail} s: look for a loop that never ends "
+                   "in that code, or raise --timeout",
+        "out-of-memory": "use a smaller batch (--input-shape with a smaller first dimension, or a smaller --batch)",
+        "shape": f"the batch has {exc.detail}; check --input-shape / --batch against the model",
+        "device-move": "use --device cpu, or a smaller model",
+    }
+    exc.hint = hints.get(exc.reason)
 
 
 def make_report(stats: RunStats, findings: list[Finding], *, spec: str, model_class: str,

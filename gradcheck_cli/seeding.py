@@ -14,6 +14,11 @@ def seed_all(seed: int) -> None:
     import torch
 
     torch.manual_seed(seed)
+    seed_host_rngs(seed)
+
+
+def seed_host_rngs(seed: int) -> None:
+    """Python's `random` and numpy's global generator (when numpy is installed)."""
     random.seed(seed)
     np = sys.modules.get("numpy")
     if np is None:

@@ -64,6 +64,16 @@ class LayerStats:
 
 
 @dataclass
+class StepSeries:
+    """Per-step values of a run, in step order: what a training rehearsal plots. Not part of the report
+    (RunStats.to_dict leaves it out unless asked), so the check's reports do not change with it."""
+    losses: list[float] = field(default_factory=list)
+    total_grad_norms: list[float] = field(default_factory=list)          # global parameter-gradient norm
+    layer_grad_norms: dict[str, list[float]] = field(default_factory=dict)         # per layer, parameters
+    layer_output_grad_norms: dict[str, list[float]] = field(default_factory=dict)  # per layer, dLoss/dOutput
+
+
+@dataclass
 class RunStats:
     layers: list[LayerStats]
     steps: int
@@ -80,6 +90,7 @@ class RunStats:
     # Watched operations (log, exp, sqrt, div, pow, ...) whose output or output gradient had NaN/Inf:
     # {op, file, line, module, label, forward_nonfinite, backward_nonfinite}: counts of calls with NaN/Inf
     nonfinite_ops: list[dict[str, Any]] = field(default_factory=list)
+    series: StepSeries | None = None            # per-step values (not in the report)
     # The loss (filled in by the pipeline from what losses.compute used):
     loss_kind: str | None = None        # cross-entropy | bce-with-logits | mse | model | callable | several
     loss_classes: int | None = None     # cross-entropy: C (V for a language model); 2 for bce-with-logits
@@ -104,9 +115,11 @@ class RunStats:
                 return layer
         return None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, series: bool = False) -> dict[str, Any]:
         d = asdict(self)
         d["layers"] = [layer.to_dict() for layer in self.layers]
+        if not series:
+            d.pop("series", None)
         return d
 
     @classmethod
@@ -116,4 +129,5 @@ class RunStats:
         for ld in d.pop("layers", []):
             ld = {k: v for k, v in ld.items() if k != "dead_fraction"}
             layers.append(LayerStats(**ld))
-        return cls(layers=layers, **d)
+        series = d.pop("series", None)
+        return cls(layers=layers, series=StepSeries(**series) if series else None, **d)

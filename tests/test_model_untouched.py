@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from gradcheck_cli import batches, collect, loading, losses  # noqa: E402
+from gradcheck_cli import batches, loading, losses, measure  # noqa: E402
 from gradcheck_cli.config import Settings  # noqa: E402
 from gradcheck_cli.errors import UserCodeError  # noqa: E402
 from gradcheck_cli.pipeline import run_check  # noqa: E402
@@ -124,7 +124,7 @@ def assert_same(model: nn.Module, before: dict) -> None:
 
 def passes(model, steps=3, shape=(8, 10), seed=0):
     src = batches.make_batch_source(None, shape, model, seed)
-    return collect.run_passes(model, src, losses.resolve(None), steps=steps, seed=seed, device=CPU)
+    return measure.run_passes(model, src, losses.resolve(None), steps=steps, seed=seed, device=CPU)
 
 
 def test_the_check_would_change_the_model_if_it_did_not_restore_it():
@@ -196,7 +196,7 @@ def test_loss_raising_leaves_model_untouched():
     loss = losses.LossFn("callable", fn=bad_loss, spec="x.py:bad_loss")
     src = batches.make_batch_source(None, (8, 10), m, 0)
     with pytest.raises(UserCodeError):
-        collect.run_passes(m, src, loss, steps=2, seed=0, device=CPU)
+        measure.run_passes(m, src, loss, steps=2, seed=0, device=CPU)
     assert_same(m, before)
 
 
@@ -315,4 +315,4 @@ def test_cpu_model_checked_on_cuda_comes_back_to_cpu():
 
 def passes_on(model, device, steps=2):
     src = batches.make_batch_source(None, (8, 10), model, 0)
-    return collect.run_passes(model, src, losses.resolve(None), steps=steps, seed=0, device=device)
+    return measure.run_passes(model, src, losses.resolve(None), steps=steps, seed=0, device=device)

@@ -7,7 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from gradcheck_cli import batches, collect, losses  # noqa: E402
+from gradcheck_cli import batches, losses  # noqa: E402
+from gradcheck_cli import measure  # noqa: E402
 from gradcheck_cli.pipeline import apply_rules  # noqa: E402
 
 
@@ -28,7 +29,7 @@ def test_thousand_layer_model_completes_and_leaves_no_hooks():
     model = nn.Sequential(*layers, nn.Linear(16, 4))
     before = hook_counts(model)
     src = batches.make_batch_source(None, (4, 16), model, seed=0)
-    result = collect.run_passes(model, src, losses.resolve(None), steps=2, seed=0, device=torch.device("cpu"))
+    result = measure.run_passes(model, src, losses.resolve(None), steps=2, seed=0, device=torch.device("cpu"))
     stats = result.stats
     assert len(stats.layers) == 2002           # 1001 Linear + 1000 ReLU + the model itself
     assert [l.index for l in stats.layers] == list(range(2002))

@@ -1,4 +1,4 @@
-"""Direct tests of gradcheck_cli.collect: what gets measured, and how (host transfers)."""
+"""Direct tests of gradcheck_cli.measure (the check passes): what gets measured, and how (host transfers)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
-from gradcheck_cli import batches, collect, losses  # noqa: E402
+from gradcheck_cli import batches, losses, measure  # noqa: E402
 from gradcheck_cli import stats as S  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -19,7 +19,7 @@ CPU = torch.device("cpu")
 
 def passes(model, shape, steps=2, seed=0, batch=None, loss=None):
     src = batches.make_batch_source(batch, shape, model, seed)
-    return collect.run_passes(model, src, losses.resolve(loss), steps=steps, seed=seed, device=CPU)
+    return measure.run_passes(model, src, losses.resolve(loss), steps=steps, seed=seed, device=CPU)
 
 
 def by_name(stats, name):
@@ -280,7 +280,7 @@ def test_nonfinite_forward_origin_is_the_op_line(write_file):
     kind, origin = stats.origin(stats.first_nonfinite_forward)
     assert kind == "op"
     assert origin["op"] == "log"
-    assert origin["file"].endswith("test_collect.py")
+    assert origin["file"].endswith("test_measure.py")
     import inspect
     src_lines, start = inspect.getsourcelines(M.forward)
     log_line = start + next(i for i, l in enumerate(src_lines) if "torch.log(p)" in l)
@@ -379,7 +379,7 @@ def count_syncs(model: nn.Module, steps: int) -> dict:
         return wrapper
 
     with mock.patch.multiple(torch.Tensor, **{k: counting(k) for k in SYNC_METHODS}):
-        collect.run_passes(model, src, losses.resolve(None), steps=steps, seed=0, device=CPU)
+        measure.run_passes(model, src, losses.resolve(None), steps=steps, seed=0, device=CPU)
     return counts
 
 

@@ -1,0 +1,187 @@
+"""Hook factories: forward hooks on layers, gradient hooks on their outputs, per-time-step hooks on the
+inputs of recurrent layers. Each computes a small statistic on the tensor's device and emits it into
+the sink (a record.Recorder); nothing keeps an activation or a gradient.
+
+`Hooks.install` registers the module hooks (removed by `remove`); tensor and grad_fn hooks of a pass
+are kept in `tensor_handles` and removed at the end of every step (`end_pass`), so none outlives its
+pass even when the caller keeps the graph (or an exception holding it) alive.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from gradcheck_cli import stats as S
+from gradcheck_cli.losses import primary_tensor
+from gradcheck_cli.measure import kernels as K
+from gradcheck_cli.measure.inventory import CHANNEL_FIRST_TYPES, Inventory, Layer
+from gradcheck_cli.measure.record import Recorder
+
+
+class Hooks:
+    def __init__(self, inventory: Inventory, sink: Recorder) -> None:
+        self.inv = inventory
+        self.sink = sink
+        self.handles: list[Any] = []          # module hooks: removed by remove()
+        self.tensor_handles: list[Any] = []   # tensor and grad_fn hooks of the current pass
+        self.diagnose = False   # a diagnosis pass: exact NaN/Inf flags in forward/backward order
+        self.record_inputs = True   # recurrent layers: ask for the input's gradient (off in a user's loop)
+        self.extra_inputs: list[torch.Tensor] = []   # inputs made to require grad (for autograd.grad)
+        self.last_param_type: type | None = None
+        self.notes: list[str] = []
+        self.call_counter = itertools.count()   # first-call order over the run (depth order)
+        self.fwd_seq = itertools.count()        # event order within a pass
+        self.bwd_seq = itertools.count()
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def install(self) -> None:
+        for layer in list(self.inv.layers):
+            mod = layer.module
+            self.handles.append(mod.register_forward_hook(self.forward_hook(layer)))
+            if layer.stats.recurrent:
+                self.handles.append(mod.register_forward_pre_hook(self.rnn_pre_hook(layer)))
+
+    def remove(self) -> None:
+        self.end_pass()
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def begin_pass(self) -> None:
+        self.fwd_seq = itertools.count()
+        self.bwd_seq = itertools.count()
+        self.extra_inputs = []
+        for layer in self.inv.layers:
+            layer.step_calls = 0
+            layer.step_sat_n = 0
+
+    def emit_step_end(self) -> None:
+        """The step's host counters and the ReLU layers' dead-unit counts so far, into the sink."""
+        if self.diagnose:
+            return
+        sink = self.sink
+        for layer in self.inv.layers:
+            if layer.step_calls:
+                sink.add_host(layer.slot, "calls", layer.step_calls)
+            if layer.step_sat_n:
+                sink.add_host(layer.slot, "sat_n", layer.step_sat_n)
+            if layer.alive is not None and not layer.all_alive:
+                sink.add(layer.slot, "dead", layer.alive.le(0).sum(dtype=torch.float32))
+
+    def end_pass(self) -> None:
+        for h in self.tensor_handles:
+            h.remove()
+        self.tensor_handles.clear()
+
+    # -- forward ----------------------------------------------------------------------------------------------
+
+    def forward_hook(self, layer: Layer) -> Callable:
+        is_param = layer.stats.role == S.PARAM
+        on_output = self.on_output
+
+        def hook(mod: nn.Module, inputs: Any, output: Any) -> None:
+            if is_param:
+                self.last_param_type = type(mod)
+            out = output if type(output) is torch.Tensor else primary_tensor(output)
+            if out is not None:
+                on_output(layer, out)
+        return hook
+
+    def on_output(self, layer: Layer, out: torch.Tensor) -> None:
+        if layer.first_call is None:
+            layer.first_call = next(self.call_counter)
+        if self.diagnose:
+            # Diagnosis pass: every output is checked, in forward order, to find where NaN/Inf start.
+            if out.is_floating_point() or out.is_complex():
+                self.sink.add(layer.slot, "out", K.has_nonfinite(out.detach()), next(self.fwd_seq))
+        else:
+            layer.step_calls += 1
+            if not out.is_floating_point():
+                return
+            kind = layer.kind
+            if kind == S.SIGMOID:
+                self.sink.add(layer.slot, "sat", K.sigmoid_saturated(out.detach()))
+                layer.step_sat_n += out.numel()
+            elif kind == S.TANH:
+                self.sink.add(layer.slot, "sat", K.tanh_saturated(out.detach()))
+                layer.step_sat_n += out.numel()
+            elif kind == S.RELU and out.dim() >= 1 and not layer.alive_bad and not layer.all_alive:
+                self.track_alive(layer, out.detach())
+        if out.requires_grad:
+            if layer.grad_hook is None:
+                layer.grad_hook = self.grad_hook(layer)
+            self.tensor_handles.append(out.register_hook(layer.grad_hook))
+
+    def track_alive(self, layer: Layer, d: torch.Tensor) -> None:
+        """Running per-unit maximum of the output (units: features, or channels for convolutions);
+        a unit is dead when its maximum is still <= 0 at the end of the run."""
+        ndim = d.dim()
+        if layer.alive_dims is None or layer.alive_ndim != ndim:
+            channel_first = ndim >= 4 or (ndim == 3 and self.last_param_type is not None
+                                          and issubclass(self.last_param_type, CHANNEL_FIRST_TYPES))
+            unit_dim = 1 if channel_first and ndim >= 2 else ndim - 1
+            layer.alive_dims = tuple(i for i in range(ndim) if i != unit_dim)
+            layer.alive_ndim = ndim
+        peak = torch.amax(d, layer.alive_dims) if layer.alive_dims else d.clone()
+        if layer.alive is None:
+            layer.alive = peak
+        elif layer.alive.shape == peak.shape:
+            torch.maximum(layer.alive, peak, out=layer.alive)
+        else:   # the layer's width changed between calls: the per-unit view is meaningless
+            layer.alive_bad = True
+            layer.alive = None
+            self.notes.append(f"`{layer.name}` is called on outputs of different widths (one module shared by "
+                              "several layers): its dead units are not measured; use one activation module "
+                              "per layer to get them")
+
+    # -- backward ---------------------------------------------------------------------------------------------
+
+    def grad_hook(self, layer: Layer) -> Callable:
+        slot = layer.slot
+        sink = self.sink
+
+        def hook(g: torch.Tensor) -> None:
+            if self.diagnose:
+                sink.add(slot, "g", K.has_nonfinite(g), next(self.bwd_seq))
+            else:
+                sink.add(slot, "g", K.sumsq(g), next(self.bwd_seq))
+        return hook
+
+    def rnn_pre_hook(self, layer: Layer) -> Callable:
+        def pre_hook(mod: nn.Module, args: tuple) -> tuple | None:
+            if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
+                return None   # PackedSequence or unusual input: no per-time-step profile
+            if self.diagnose:
+                return None
+            x = args[0]
+            batch_first = bool(getattr(mod, "batch_first", False))
+            time_dim = 1 if (batch_first and x.dim() == 3) else 0
+            if not x.requires_grad:
+                if not self.record_inputs or not torch.is_grad_enabled():
+                    return None
+                # The raw input needs no gradient for training; ask for one so we see it per time step.
+                x = x.detach().requires_grad_(True)
+                self.extra_inputs.append(x)
+            else:
+                # A fresh view: its gradient is what flows back through this layer only, not the input's
+                # total gradient (which a skip connection around the RNN would add to).
+                x = x.view_as(x)
+            self.tensor_handles.append(x.register_hook(self.time_hook(layer, time_dim)))
+            return (x,) + tuple(args[1:])
+        return pre_hook
+
+    def time_hook(self, layer: Layer, time_dim: int) -> Callable:
+        def hook(g: torch.Tensor) -> None:
+            g = g.detach()
+            dims = [d for d in range(g.dim()) if d != time_dim]
+            per_t = g.float().pow(2).sum(dim=dims) if dims else g.float().pow(2)
+            if layer.time_sq is None:
+                layer.time_sq = per_t
+            elif layer.time_sq.shape == per_t.shape:
+                layer.time_sq = layer.time_sq + per_t
+        return hook
