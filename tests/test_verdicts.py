@@ -368,3 +368,50 @@ def test_llama_with_tiny_init_has_negligible_weight_gradients():
     r = _hf("llama_init_1e_5")
     f = only(r, "vanishing-gradients")
     assert any("q_proj" in n for n in f.evidence["relative_speed"])
+
+
+# --------------------------------------------------------------------------------------------------------
+# Gradient checkpointing (reentrant and not): counted once, gradients measured
+# --------------------------------------------------------------------------------------------------------
+
+class _Checkpointed(nn.Module):
+    def __init__(self, reentrant: bool):
+        super().__init__()
+        self.reentrant = reentrant
+        self.stem = nn.Linear(16, 32)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(32, 32), nn.GELU()) for _ in range(3))
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+
+        x = self.stem(x)
+        for b in self.blocks:
+            x = x + checkpoint(b, x, use_reentrant=self.reentrant)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_gradient_checkpointing_is_measured_once(reentrant):
+    torch.manual_seed(0)
+    model = _Checkpointed(reentrant)
+    plain = _Checkpointed(reentrant)
+    plain.load_state_dict(model.state_dict())
+    plain.forward = lambda x: plain.head(_unrolled(plain, x))   # the same model without checkpointing
+    x = torch.randn(8, 16)
+    r = check(model, x, device="cpu")
+    assert r.findings == []
+    assert all(l["calls"] == 1 for l in r.layers if l["name"].startswith("blocks"))
+    ref = check(plain, x, device="cpu")
+    for a, b in zip(r.layers, ref.layers):
+        assert a["name"] == b["name"]
+        if b["grad_norm"] is not None:
+            assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+    assert all(p.grad is None for p in model.parameters()), "the user's .grad is never written"
+
+
+def _unrolled(m, x):
+    x = m.stem(x)
+    for b in m.blocks:
+        x = x + b(x)
+    return x
