@@ -108,11 +108,18 @@ def _cut_finding(stats: RunStats, cut: dict, others: list, r: Rule) -> Finding:
                      "negative. Return the raw outputs and let the loss (F.cross_entropy, BCEWithLogitsLoss) "
                      "apply softmax/sigmoid.")
     else:
-        fixes.append(f"Replace {name(layer.name)} with nn.LeakyReLU(0.01) (or nn.ELU) so negative inputs still "
-                     "pass a gradient.")
-    if p is not None and p.bias_mean is not None and p.bias_mean < -0.1:
-        fixes.append(f"Reset `{p.name}.bias` (mean {fmt(p.bias_mean)}) with torch.nn.init.zeros_: a negative bias "
-                     "keeps every unit below 0.")
+        fixes.append(f"Replace {describe_group([layer] + others)} with nn.LeakyReLU(0.01) (or nn.ELU) so negative "
+                     "inputs still pass a gradient.")
+    negative = []
+    for l in [layer] + others:
+        q = preceding_param_layer(stats, l)
+        if q is not None and q.bias_mean is not None and q.bias_mean < -0.1 and q not in negative:
+            negative.append(q)
+    if negative:
+        evidence["feeding_bias_mean"] = {q.name: q.bias_mean for q in negative}
+        fixes.append(f"Reset the negative biases feeding them ({', '.join(f'`{q.name}.bias` mean {fmt(q.bias_mean)}' for q in negative[:3])}"
+                     f"{' and more' if len(negative) > 3 else ''}) with torch.nn.init.zeros_: a negative bias keeps "
+                     "every unit below 0.")
     return r.finding(layer.name, msg, evidence, fixes, Severity.ERROR)
 
 

@@ -130,14 +130,15 @@ def unused_parameters(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Fi
         dead = [l for l in stats.layers if l.activation == S.RELU and l.dead_fraction == 1.0]
         severity = None
         if dead:   # the cause is reported by dead-relus; keep this as context, not a second failure
-            msg = msg[:-1] + f", because every unit of {name(dead[0].name)} is dead (see dead-relus)."
+            msg = msg[:-1] + f", because every unit of {name(dead[-1].name)} before it is dead (see dead-relus)."
             severity = Severity.INFO
         elif cut is not None:   # their inputs are zero behind the same cut: one cause, reported once
             msg = msg[:-1] + ", because their inputs are zero behind the point where the learning signal dies (see " \
                   "vanishing-gradients)."
             severity = Severity.INFO
-        fixes = ["Look upstream for dead ReLUs (see dead-relus) or a multiplication by zero that cuts the gradient.",
-                 f"If {list_names(mods)} should not train, freeze it with requires_grad_(False)."]
+        fixes = ["Look upstream for dead ReLUs (see dead-relus) or a multiplication by zero that cuts the gradient."]
+        if severity is None:
+            fixes.append(f"If {list_names(mods)} should not train, freeze it with requires_grad_(False).")
         out.append(r.finding(mods[0], msg, {"parameters": stats_zero, "modules": mods}, fixes,
                              severity))
     return out
