@@ -23,7 +23,9 @@ sys.path.insert(0, str(ROOT))
 
 from gradcheck_cli.config import Settings  # noqa: E402
 from gradcheck_cli.pipeline import run_check  # noqa: E402
-from gradcheck_cli.rules._common import depth_profile, ends, geo_median, signal_cut, weight_layers  # noqa: E402
+from gradcheck_cli.rules._common import (  # noqa: E402
+    depth_profile, ends, geo_median, signal_cut, weight_layers, xavier_std,
+)
 from gradcheck_cli.stats import LayerStats, RunStats  # noqa: E402
 
 E, C = "examples/", "benchmarks/calibration_models.py:"
@@ -142,8 +144,10 @@ def figures(stats: RunStats) -> dict[str, float | None]:
     speeds = [l.grad_norm / l.weight_norm for l in weight_layers(stats)
               if l.grad_norm and l.weight_norm and math.isfinite(l.grad_norm) and math.isfinite(l.weight_norm)]
     slow = min(speeds) / geo_median(speeds) if len(speeds) >= 3 else None
+    scales = [l.weight_rms / xavier_std(l) for l in weight_layers(stats) if l.weight_rms and xavier_std(l)]
+    tiny = min(scales) if scales else None
     return {"ratio": ratio, "gnorm": stats.total_grad_norm, "sat": max(sat) if sat else None,
-            "dead": max(dead) if dead else None, "time": tt, "init": init, "slow": slow,
+            "dead": max(dead) if dead else None, "time": tt, "init": init, "slow": slow, "tiny": tiny,
             "zero": signal_cut(stats) is not None}
 
 
@@ -156,6 +160,7 @@ DETECTORS = [
     ("RNN through time (earliest/latest)", "time", None, "both", None),
     ("initial loss (step-0 loss / ln C)", "init", "initial-loss", "above", 2.0),
     ("slowest weight layer (|g|/|w| over median; fails only with tiny weights)", "slow", "vanishing-gradients", "below", 1e-5),
+    ("smallest weight std / Xavier std (tiny weights)", "tiny", "vanishing-gradients", "below", 0.01),
 ]
 
 
@@ -166,8 +171,8 @@ def main() -> int:
     args = ap.parse_args()
     cases = CASES + (hf_cases() if args.hf else []) + (LARGE if args.large else [])
     print("| model | expected | early/late ratio | grad norm | max sat | max dead | RNN time ratio | loss0/lnC | "
-          "slowest | fired (>= warning) | info | verdict | s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "slowest | min w/Xavier | fired (>= warning) | info | verdict | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     bad = 0
     rows = []
     for spec, extra, expected in cases:
@@ -198,6 +203,7 @@ def main() -> int:
         rows.append((name, expected, fig, fired))
         print(f"| {name} | {', '.join(sorted(expected)) or 'healthy'} | {f(fig['ratio'])} | {f(fig['gnorm'])} | "
               f"{f(fig['sat'])} | {f(fig['dead'])} | {f(fig['time'])} | {f(fig['init'])} | {f(fig['slow'])} | "
+              f"{f(fig['tiny'])} | "
               f"{', '.join(sorted(fired)) or '-'} | {', '.join(sorted(info)) or '-'} | {verdict} | {dt:.1f} |",
               flush=True)
     print(f"\n{len(cases) - bad}/{len(cases)} as expected")
