@@ -95,6 +95,8 @@ def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any
     except GradcheckError as exc:
         add_hint(exc)
         raise
+    dtypes = {str(p.dtype).replace("torch.", "") for p in model.parameters() if p.requires_grad}
+    result.stats.param_dtype = dtypes.pop() if len(dtypes) == 1 else None
     result.stats.loss_kind = getattr(loss_fn, "kind", None)
     result.stats.loss_classes = getattr(loss_fn, "classes", None)
     result.stats.loss_outputs = getattr(loss_fn, "outputs", None)

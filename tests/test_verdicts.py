@@ -415,3 +415,75 @@ def _unrolled(m, x):
     for b in m.blocks:
         x = x + b(x)
     return x
+
+
+# --------------------------------------------------------------------------------------------------------
+# 8 (continued). float16 overflow and eps = 0 are named; tiny BatchNorm gammas are named
+# --------------------------------------------------------------------------------------------------------
+
+class _HalfOverflow(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 10)
+        nn.init.normal_(self.fc.weight, std=3000.0)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class _ZeroEps(nn.Module):
+    def __init__(self, eps: float, constant_rows: bool = True):
+        super().__init__()
+        self.constant_rows = constant_rows
+        self.fc = nn.Linear(16, 16)
+        self.norm = nn.LayerNorm(16, eps=eps)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.fc(x)
+        if self.constant_rows:   # e.g. padding positions whose features are all equal: variance 0
+            h = h * 0.0
+        return self.head(self.norm(h))
+
+
+def test_fp16_overflow_names_fp16_and_float32_loss():
+    r = check(_HalfOverflow().half(), torch.randn(8, 16), device="cpu")
+    f = only(r, "non-finite")
+    assert "65504" in f.fixes[0] and "float32" in f.fixes[0]
+    twin = check(_HalfOverflow(), torch.randn(8, 16), device="cpu")   # the same weights in float32
+    assert "65504" not in " ".join(x for f in twin.findings for x in f.fixes)
+
+
+def test_norm_with_zero_eps_is_named_with_the_config_field():
+    f = only(check(_ZeroEps(0.0), torch.randn(8, 16), device="cpu"), "non-finite")
+    assert "eps=0" in f.fixes[0] and "layer_norm_eps" in f.fixes[0] and "`norm`" in f.fixes[0]
+    twin = check(_ZeroEps(1e-5, constant_rows=False), torch.randn(8, 16), device="cpu")
+    assert failing(twin) == [], "the healthy twin"
+
+
+class _TinyGammaCNN(nn.Module):
+    """BatchNorm gammas drawn from N(0, 0.02), as some libraries' init does: activations vanish forward."""
+
+    def __init__(self, gamma_std: float | None):
+        super().__init__()
+        layers, c = [], 3
+        for _ in range(8):
+            bn = nn.BatchNorm2d(8, eps=1e-3)
+            if gamma_std is not None:
+                nn.init.normal_(bn.weight, std=gamma_std)
+            layers += [nn.Conv2d(c, 8, 3, padding=1, bias=False), bn, nn.ReLU()]
+            c = 8
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean((2, 3)))
+
+
+def test_tiny_batchnorm_gammas_are_named():
+    torch.manual_seed(0)
+    r = check(_TinyGammaCNN(0.02), torch.randn(4, 3, 16, 16), device="cpu")
+    fired = [f for f in r.findings if f.rule == "vanishing-gradients" and f.severity.rank >= 2]
+    assert fired, [(f.rule, f.severity.value, f.message[:80]) for f in r.findings]
+    assert any("gamma" in fix for f in fired for fix in f.fixes)
+    assert failing(check(_TinyGammaCNN(None), torch.randn(4, 3, 16, 16), device="cpu")) == []

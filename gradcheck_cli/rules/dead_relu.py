@@ -25,8 +25,12 @@ def dead_relus(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
     What it does:
         For every nn.ReLU / nn.ReLU6 module and every F.relu / torch.relu call it can see, it counts the
         units (features; channels for convolutions) that were exactly zero for every example of every
-        pass. It fires when at least `fraction` (0.5) of a layer's units are dead, and shows the bias of
-        the weight layer feeding it.
+        pass. It fires when at least `fraction` (0.5) of a layer's units are dead, in layers of at least
+        `min_units` (16) units (squeeze-excite bottlenecks of 4-8 units see only a few pooled examples),
+        and shows the bias of the weight layer feeding it. When a fully dead layer, of any width, cuts the
+        gradient to every weight layer before it (no learning signal at all), it is an error located at
+        that layer; after the last Linear the fix is to remove the ReLU (logits must be able to go
+        negative).
 
     Why it matters:
         A ReLU's derivative is 0 for negative inputs: a unit whose input is negative for every example gets
@@ -36,7 +40,8 @@ def dead_relus(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
 
     Example:
         examples/dead_relu.py: the hidden Linear layers' biases are initialised to -3 (think: a too-large
-        learning-rate step that pushed them negative), and 100% of the ReLU units are dead.
+        learning-rate step that pushed them negative), and 100% of the ReLU units are dead: an error.
+        examples/relu_after_output.py: a ReLU after the 3-unit output layer, all 3 units dead.
 
     Fix:
         Use LeakyReLU (slope 0.01-0.02), PReLU or ELU, which keep a gradient for negative inputs;

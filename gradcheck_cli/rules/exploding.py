@@ -33,10 +33,15 @@ def exploding_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
     What it does:
         Compares |dLoss/dOutput| over the first quarter of the layers owning parameters with the last
         quarter (geometric medians, forward order) and fires when early/late is above `ratio` (1e3;
-        an error above `error_ratio`, 1e6). Independently it fires when the global gradient norm over
-        all parameters exceeds `max_grad_norm` (1e3), and for unidirectional recurrent layers when the
+        an error above `error_ratio`, 1e6). For unidirectional recurrent layers it fires when the
         gradient reaching the input at the earliest 10% of time steps is more than `time_ratio` times that
-        at the latest 10%. The evidence includes each weight layer's std against its He/Xavier std.
+        at the latest 10%, and, for an nn.RNN whose W_hh has a largest singular value above 1, when the
+        gradient grows by more than `step_growth` (1.05) per step even if the sequence is too short for
+        the total to pass 1e3. The global gradient norm over all parameters above `max_grad_norm` (1e3)
+        is supporting evidence: its size depends on the loss's reduction, the batch and the weights' own
+        scale (a stock MobileNetV2 with BatchNorm: 1.2e3), so alone it is info; it is a warning when the
+        norm overflows float32, or when weight layers are above their He/Xavier std and the error signal
+        grows towards the input. The evidence includes each weight layer's std against its He/Xavier std.
 
     Why it matters:
         Factors above 1 per layer (weights too large for their fan-in) multiply into huge gradients:

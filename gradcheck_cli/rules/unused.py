@@ -24,7 +24,14 @@ def unused_parameters(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Fi
     What it does:
         Lists parameters with requires_grad=True for which autograd returned no gradient in any pass
         (the loss does not depend on them: the layer is never called, its output is discarded or
-        detached), and, separately, parameters whose gradient was exactly zero in every pass.
+        detached), and, separately, parameters whose gradient was exactly zero in every pass. It is for
+        parameters that idle while the rest of the model learns; several cases are reported as info, not
+        as a warning: parameters behind a scale that is exactly zero (ReZero's alpha, a zero-initialised
+        last BatchNorm gamma as with zero_init_residual, adaLN-Zero, zero-init projections: zero at step
+        0 only, never to be frozen), parameters of a module that trains its others but uses these only on
+        some code paths (a mask token, a bias added equally to every attention logit), parameters behind
+        a cut that vanishing-gradients / dead-relus report, and parameters feeding only an output the
+        default loss could not use.
 
     Why it matters:
         They cost memory and optimizer state and never train. Often it is a bug: a layer defined in

@@ -31,7 +31,7 @@ from gradcheck_cli.stats import RunStats
     ),
 )
 def vanishing_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
-    """The error signal shrinks geometrically on its way back to the first layers (or first time steps).
+    """The error signal shrinks geometrically on its way back to the first layers (or first time steps), or never arrives.
 
     What it does:
         Takes |dLoss/dOutput| of every layer that owns parameters, in forward order, and compares the
@@ -43,6 +43,21 @@ def vanishing_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
         weight gradient because weight-gradient norms multiply it by the activations, which can shrink
         forward as fast as the error signal shrinks backward, and then look flat.
 
+        Three more signs of the same problem. No learning signal at all: when every weight layer before some
+        point gets an exactly-zero gradient in every step while a later one learns, it reports an error
+        and locates the point, walking back from the loss to the first layer whose output gets a non-zero
+        gradient while the layer before it gets zero, and names the cause: a softmax over a dimension of
+        size 1 (always 1, gradient always 0), an argmax/round/comparison/detach/integer cast or a
+        multiplication by an all-zero tensor in forward, or inputs that vanished on the way forward (the
+        error signal arrives but the weight gradient, dL/dy times the input, underflows). A fully dead
+        ReLU layer as the cause is reported by dead-relus instead, and a zero-initialised layer after them
+        (a zero-init head) as info: that holds at step 0 only. Steady decay: in a sigmoid/tanh stack
+        without normalisation, a signal that shrinks at every layer to below `steady_ratio` (0.3) at the
+        first layers is Nielsen's vanishing gradient problem, a warning. Negligible weight gradients:
+        weight layers whose |grad|/|weight| is below `relative_speed` (1e-5) of the model's median, with
+        weights below `tiny_weights` (1%) of the Xavier std, are vanishing even when a residual stream
+        keeps |dL/dy| flat (with weights at a normal scale it is info).
+
     Why it matters:
         Backpropagation multiplies one factor per later layer (weight matrix times activation derivative);
         factors below 1 shrink the gradient geometrically, so layers near the input barely learn and the
@@ -53,14 +68,19 @@ def vanishing_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
     Example:
         A 10-layer MLP with nn.Sigmoid after every nn.Linear (examples/vanishing_sigmoid_mlp.py): the
         output gradient at `layers.0` is ~1e-7 of that at the last layer. A vanilla nn.RNN reading only
-        its last hidden state over 100 steps (examples/rnn_vanishing.py).
+        its last hidden state over 100 steps (examples/rnn_vanishing.py). A binary classifier with one
+        output and nn.Softmax(dim=1) after it (examples/softmax_single_output.py): no learning signal, an
+        error. A Llama built with initializer_range=1e-5 (benchmarks/hf_models.py:llama_init_1e_5):
+        q_proj's |grad|/|weight| is ~5e-7 of the model's median.
 
     Fix:
         Replace sigmoid/tanh in deep stacks with ReLU, LeakyReLU or ELU; initialise with He/Kaiming
         (torch.nn.init.kaiming_normal_) for ReLU-family and Glorot/Xavier for tanh/sigmoid; add
         BatchNorm/LayerNorm; add residual connections; for sequences use LSTM/GRU instead of nn.RNN,
         initialise the LSTM forget-gate bias to 1, and pool over all time steps instead of reading
-        only the last one.
+        only the last one. For no learning signal: remove the operation that has no gradient (use
+        sigmoid + BCE, or 2 outputs, instead of softmax over one; keep argmax/round out of the training
+        path), fix the zero mask, or restore the activations' scale (BatchNorm gammas at 1, He init).
 
     References:
         Nielsen, Neural Networks and Deep Learning, ch. 5; Glorot & Bengio 2010; He et al. 2015;
@@ -153,6 +173,11 @@ def _slow_finding(stats: RunStats, slow: dict, opts: dict[str, Any], r: Rule) ->
                      "that are tinier still.")
     fixes.append("Initialise with torch.nn.init.xavier_normal_ / kaiming_normal_ (or the library's default "
                  "init) so every layer's gradient is comparable to its weights.")
+    gamma_fix = _tiny_gamma_fix(stats)
+    if gamma_fix:   # the activations feeding them shrink through normalisation scales near 0: a cause in hand
+        evidence["tiny_norm_weights"] = {l.name: l.norm_weight_rms for l in stats.layers
+                                         if l.norm_weight_rms is not None and l.norm_weight_rms < 0.1}
+        return r.finding(worst.name, msg, evidence, gamma_fix + fixes)
     if not tiny:
         # Weights at a normal scale with a negligible gradient (e.g. attention keys whose scores do not yet
         # depend on them): worth knowing, but calibration found it on stock architectures: not a failure.
@@ -196,9 +221,13 @@ def _no_signal(stats: RunStats, cut: dict, r: Rule) -> Finding:
                f"{name(last_zero.name)}): their inputs are zero or so small that dL/dy times the input underflows. "
                "The activations vanish on the way forward.")
         norms = [l for l in up if any(t in l.type for t in NORM_TYPES)]
+        tiny_gamma = [l for l in norms if l.norm_weight_rms is not None and l.norm_weight_rms < 0.1]
         small = [l for l in weight_layers(stats) if l in up and l.weight_rms and l.fan_in
                  and l.weight_rms < 0.25 * (2.0 / l.fan_in) ** 0.5]
-        if norms:
+        if tiny_gamma:
+            evidence["tiny_norm_weights"] = {l.name: l.norm_weight_rms for l in tiny_gamma}
+            fixes += _tiny_gamma_fix(stats)
+        elif norms:
             fixes.append(f"Check the normalisation layers' scale (e.g. {name(norms[0].name)}): a BatchNorm/LayerNorm "
                          "whose weight (gamma) is initialised near 0 instead of 1 multiplies the activations by it "
                          "at every layer, and an eps larger than the activations' variance stops it from "
@@ -220,8 +249,19 @@ def _no_signal(stats: RunStats, cut: dict, r: Rule) -> Finding:
     return r.finding(at.name if at is not None else last_zero.name, msg, evidence, fixes, Severity.ERROR)
 
 
+def _tiny_gamma_fix(stats: RunStats) -> list[str]:
+    tiny = [l for l in stats.layers if l.norm_weight_rms is not None and l.norm_weight_rms < 0.1]
+    if not tiny:
+        return []
+    g = tiny[0]
+    return [f"{len(tiny)} normalisation layer{'s have' if len(tiny) > 1 else ' has'} a scale (gamma) near 0 (e.g. "
+            f"{name(g.name)}: RMS {fmt(g.norm_weight_rms)} instead of 1): each multiplies the activations by it, so "
+            "they shrink layer after layer. Initialise the gammas to 1 (torch.nn.init.ones_(bn.weight)); a "
+            "library that draws them from N(0, initializer_range) has an init bug."]
+
+
 def _depth_fixes(stats: RunStats, profile: list, per_layer: float) -> list[str]:
-    fixes = []
+    fixes = _tiny_gamma_fix(stats)
     sat = activation_layers(stats, S.SIGMOID, S.TANH)
     relu = activation_layers(stats, S.RELU)
     weights = weight_layers(stats)
