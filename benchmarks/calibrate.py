@@ -168,8 +168,13 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--large", action="store_true")
     ap.add_argument("--hf", action="store_true", help="also the Hugging Face architectures")
+    ap.add_argument("--only", default=None, help="comma-separated substrings: run only the models whose spec "
+                                                 "ends with one of them (e.g. hf_models.py:regnet)")
     args = ap.parse_args()
     cases = CASES + (hf_cases() if args.hf else []) + (LARGE if args.large else [])
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+        cases = [c for c in cases if any(c[0].endswith(w) for w in wanted)]
     print("| model | expected | early/late ratio | grad norm | max sat | max dead | RNN time ratio | loss0/lnC | "
           "slowest | min w/Xavier | fired (>= warning) | info | verdict | s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
