@@ -487,3 +487,22 @@ def test_tiny_batchnorm_gammas_are_named():
     assert fired, [(f.rule, f.severity.value, f.message[:80]) for f in r.findings]
     assert any("gamma" in fix for f in fired for fix in f.fixes)
     assert failing(check(_TinyGammaCNN(None), torch.randn(4, 3, 16, 16), device="cpu")) == []
+
+
+def test_decay_confined_to_scaled_down_branches_is_context():
+    """PoolFormer/ConvNeXt-style LayerScale: branch layers get 1e-5 of the stream's signal by design, while
+    the stem on the stream gets all of it: info, not vanishing. A plain stack whose every early layer is
+    starved still warns."""
+    van = get_rule("vanishing-gradients")
+
+    def stats(stem: float) -> RunStats:
+        layers = [LayerStats(index=0, name="stem", type="Conv2d", role=S.PARAM, output_grad_norm=stem)]
+        layers += [LayerStats(index=i, name=f"blocks.{i}.mlp", type="Linear", role=S.PARAM, output_grad_norm=1e-5)
+                   for i in range(1, 11)]
+        layers += [LayerStats(index=11, name="head", type="Linear", role=S.PARAM, output_grad_norm=1.0)]
+        return RunStats(layers=layers, steps=3, losses=[1.0] * 3)
+
+    (f,) = van.check(stats(stem=0.5))
+    assert f.severity is Severity.INFO and f.evidence["best_early_ratio"] == pytest.approx(0.5)
+    (f,) = van.check(stats(stem=1e-5))
+    assert f.severity is Severity.WARNING

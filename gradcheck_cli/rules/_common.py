@@ -61,7 +61,10 @@ def depth_ratio(stats: RunStats, min_layers: int) -> dict | None:
     e = geo_median(x.output_grad_norm for x in early)
     l = geo_median(x.output_grad_norm for x in late)
     ratio = e / l
-    return {
+    # The best-served early layer: on a residual stream whose branches are scaled down (LayerScale 1e-5/1e-6,
+    # small-init branches), the layers on the stream itself still get the full signal.
+    best_ratio = max(x.output_grad_norm for x in early) / l
+    return {"best_ratio": best_ratio,
         "profile": profile, "ratio": ratio, "per_layer": ratio ** (1.0 / max(len(profile) - 1, 1)),
         "evidence": {
             "early_layers": [x.name for x in early], "early_output_grad_norm": e,

@@ -104,7 +104,17 @@ def vanishing_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
         if first.grad_norm is not None and first.weight_norm:
             evidence["first_layer_grad_to_weight"] = first.grad_norm / first.weight_norm
         e, l = evidence["early_output_grad_norm"], evidence["late_output_grad_norm"]
-        if steady and ratio >= opts["ratio"]:
+        on_stream = ratio < opts["ratio"] and not steady and d["best_ratio"] >= opts["ratio"]
+        if on_stream:
+            # Most early layers sit in residual branches scaled down by design (LayerScale, small-init
+            # branches) while a layer on the stream gets a normal signal: not the vanishing problem.
+            sev = Severity.INFO
+            evidence["best_early_ratio"] = d["best_ratio"]
+        if on_stream:
+            msg = (f"The error signal |dL/dy| of most early layers is {fmt(ratio)} of that at the last layers, but "
+                   f"the best-served early layer gets {fmt(d['best_ratio'])} of it: the decay is inside residual "
+                   "branches scaled down at init (e.g. LayerScale), which is their design, so this is context.")
+        elif steady and ratio >= opts["ratio"]:
             evidence["steady_threshold"] = opts["steady_ratio"]
             msg = (f"The error signal |dL/dy| shrinks at every layer of this sigmoid/tanh stack, to {fmt(ratio)} "
                    f"at the first layers ({fmt(e)} vs {fmt(l)}; {x_factor(per_layer)} per layer over "
@@ -114,8 +124,10 @@ def vanishing_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
             msg = (f"The error signal |dL/dy| at the first layers is {fmt(ratio)} of that at the last layers "
                    f"({fmt(e)} vs {fmt(l)}; {x_factor(per_layer)} per layer over {len(profile)} layers), "
                    f"so {name(first.name)} barely learns.")
-        findings.append(r.finding(first.name, msg, evidence, _depth_fixes(stats, profile, per_layer), sev))
-    elif not findings:
+        fixes = (["Nothing to fix if the branch scales are deliberate (LayerScale, ReZero-style init); they grow "
+                  "in the first updates."] if on_stream else _depth_fixes(stats, profile, per_layer))
+        findings.append(r.finding(first.name, msg, evidence, fixes, sev))
+    if not any(f.severity.rank >= Severity.WARNING.rank for f in findings):
         slow = _negligible_weight_grads(stats, opts)
         if slow is not None:
             findings.append(_slow_finding(stats, slow, opts, r))
