@@ -497,8 +497,8 @@ def test_decay_confined_to_scaled_down_branches_is_context():
 
     def stats(stem: float) -> RunStats:
         layers = [LayerStats(index=0, name="stem", type="Conv2d", role=S.PARAM, output_grad_norm=stem)]
-        layers += [LayerStats(index=i, name=f"blocks.{i}.mlp", type="Linear", role=S.PARAM, output_grad_norm=1e-5)
-                   for i in range(1, 11)]
+        layers += [LayerStats(index=i, name=f"blocks.{i}.mlp", type="Linear", role=S.PARAM,
+                              output_grad_norm=1e-5 if i < 6 else 1.0) for i in range(1, 11)]
         layers += [LayerStats(index=11, name="head", type="Linear", role=S.PARAM, output_grad_norm=1.0)]
         return RunStats(layers=layers, steps=3, losses=[1.0] * 3)
 
