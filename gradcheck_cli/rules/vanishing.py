@@ -130,7 +130,10 @@ def vanishing_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
     if not any(f.severity.rank >= Severity.WARNING.rank for f in findings):
         slow = _negligible_weight_grads(stats, opts)
         if slow is not None:
-            findings.append(_slow_finding(stats, slow, opts, r))
+            f = _slow_finding(stats, slow, opts, r)
+            if f.severity.rank >= Severity.WARNING.rank:   # one cause, reported once: it explains the decay
+                findings = [x for x in findings if x.severity.rank >= Severity.WARNING.rank]
+            findings.append(f)
     findings.extend(_through_time(stats, opts, r))
     return findings
 
