@@ -1,7 +1,7 @@
 """Calibration: run gradcheck on healthy and clearly broken models and print the measured figures.
 
     python benchmarks/calibrate.py            # the bundled examples and benchmarks/calibration_models.py
-    python benchmarks/calibrate.py --hf       # also ~75 Hugging Face architectures (benchmarks/hf_models.py)
+    python benchmarks/calibrate.py --hf       # also 80 Hugging Face architectures (benchmarks/hf_models.py)
     python benchmarks/calibrate.py --large    # also GPT-2 124M and BERT-base
 
 Prints one markdown row per model: the figures each rule thresholds (early/late error-signal ratio,
