@@ -31,12 +31,13 @@ def initial_loss(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding
         A loss several times ln C means logits that are large and confidently wrong: the softmax is
         saturated, most of the gradient goes into shrinking the logits instead of learning, and attention
         or gates behind them are often collapsed too. It points at an init far too large (a Llama built
-        with initializer_range=1.0 starts at 38.9 against ln V = 6.9), a missing normalisation before the
+        with initializer_range=1.0 starts at 26.7 against ln V = 6.9 in the calibration, 38.9 with a larger
+        config), a missing normalisation before the
         head, an output scaled up (a temperature applied the wrong way, a dropout with p close to 1 that
         rescales the surviving features by 1/(1-p)), or targets from another label space.
 
     Example:
-        benchmarks/hf_models.py:llama_init_1 (LlamaConfig(initializer_range=1.0)): loss 38.9 at step 0
+        benchmarks/hf_models.py:llama_init_1 (LlamaConfig(initializer_range=1.0)): loss 26.7 at step 0
         against ln 1000 = 6.9. Hugging Face's MobileNetV1Config defaults to classifier_dropout_prob=0.999,
         so in training mode the surviving features are multiplied by 1000: loss 5.4 against ln 10 = 2.3.
 
