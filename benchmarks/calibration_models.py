@@ -223,3 +223,159 @@ class DetachedBranch(nn.Module):
 
 def detached_branch():
     return DetachedBranch()
+
+
+# --- no learning signal (issue 9, class 1) ---------------------------------------------------------------
+class RoundInForward(nn.Module):
+    """Rounds its hidden features (quantisation by hand): round() has a zero derivative everywhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(32, 64)
+        self.fc2 = nn.Linear(64, 64)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.fc2(torch.relu(self.fc1(x))))
+        return self.head(torch.round(h * 4) / 4)
+
+
+def round_in_forward():
+    return RoundInForward()
+
+
+class ZeroMask(nn.Module):
+    """Multiplies the features by a mask buffer that was meant to be ones but is all zeros."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU())
+        self.register_buffer("mask", torch.zeros(64))
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.head(self.body(x) * self.mask)
+
+
+def zero_mask_multiply():
+    return ZeroMask()
+
+
+# --- zero gradients that are not defects (class 2) ---------------------------------------------------------
+def zero_init_head():
+    """A He-init MLP whose output layer is zero-initialised (common for heads): zero gradients before it at
+    step 0 only."""
+    m = _mlp([32, 64, 64, 10], nn.ReLU)
+    for mod in m:
+        if isinstance(mod, nn.Linear):
+            nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+    nn.init.zeros_(m[-1].weight)
+    nn.init.zeros_(m[-1].bias)
+    return m
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c, zero_init_residual=True):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+        if zero_init_residual:   # torchvision's resnet(zero_init_residual=True)
+            nn.init.zeros_(self.bn2.weight)
+
+    def forward(self, x):
+        return F.relu(x + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+
+
+class ZeroInitResNet(nn.Module):
+    def __init__(self, blocks=4, c=16):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+        self.blocks = nn.Sequential(*[BasicBlock(c) for _ in range(blocks)])
+        self.fc = nn.Linear(c, 10)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def zero_init_residual_resnet():
+    return ZeroInitResNet()
+
+
+class ReZeroBlock(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.ff = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.alpha = nn.Parameter(torch.zeros(1))   # ReZero (Bachlechner et al. 2020)
+
+    def forward(self, x):
+        return x + self.alpha * self.ff(x)
+
+
+def rezero_mlp():
+    d = 64
+    return nn.Sequential(nn.Linear(32, d), *[ReZeroBlock(d) for _ in range(6)], nn.Linear(d, 10))
+
+
+# --- moderate but steady decay (class 5) ---------------------------------------------------------------------
+def nielsen_batch():
+    """MNIST-like inputs for Nielsen's net: 784 pixels in [0, 1], about 80% of them 0, and class labels."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 784, generator=g)
+    x = x * (torch.rand(16, 784, generator=g) < 0.2)
+    return x, torch.randint(0, 10, (16,), generator=g)
+
+
+def nielsen_sigmoid_4hidden_mnist_like():
+    """Nielsen's [784, 30, 30, 30, 30, 10] sigmoid net with his N(0, 1) weights and biases (run with
+    --batch nielsen_batch: MNIST-like inputs), where he measured the first hidden layer learning ~100x
+    slower than the fourth."""
+    return nielsen_sigmoid_4hidden_gaussian()
+
+
+# --- dead units vs correlation collapse (class 4) -----------------------------------------------------------
+class PlainReluCNN(nn.Module):
+    """A healthy 30-layer plain ReLU CNN with He init (He et al. 2015 trained such nets): deep
+    representations of different examples become nearly parallel, so on a small batch about half the late
+    units are off for every example without being dead."""
+
+    def __init__(self, depth=30, c=16):
+        super().__init__()
+        chans = [3] + [c] * depth
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(chans, chans[1:]))
+        self.acts = nn.ModuleList(nn.ReLU() for _ in range(depth))
+        for conv in self.convs:
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+        self.fc = nn.Linear(c, 10)
+
+    def forward(self, x):
+        for conv, act in zip(self.convs, self.acts):
+            x = act(conv(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def plain_relu_cnn_he_30():
+    return PlainReluCNN()
+
+
+def nielsen_tanh_xavier_mnist_like():
+    """The healthy twin of Nielsen's net: the same [784, 30, 30, 30, 30, 10] shape with tanh and Glorot/Xavier
+    init (run with --batch nielsen_batch)."""
+    m = _mlp([784, 30, 30, 30, 30, 10], nn.Tanh)
+    for mod in m:
+        if isinstance(mod, nn.Linear):
+            nn.init.xavier_normal_(mod.weight, gain=nn.init.calculate_gain("tanh"))
+            nn.init.zeros_(mod.bias)
+    return m
+
+
+def tanh_mlp_xavier_8():
+    """Healthy: 8 tanh layers of 128 with Glorot/Xavier init."""
+    m = _mlp([64] + [128] * 8 + [10], nn.Tanh)
+    for mod in m:
+        if isinstance(mod, nn.Linear):
+            nn.init.xavier_normal_(mod.weight, gain=nn.init.calculate_gain("tanh"))
+            nn.init.zeros_(mod.bias)
+    return m

@@ -20,6 +20,7 @@ from typing import Any
 from gradcheck_cli import __version__
 from gradcheck_cli.errors import InputError
 from gradcheck_cli.findings import Finding, Report, Severity, Suite
+from gradcheck_cli.wrappers import strip_prefix
 
 BASELINE_KIND = "gradcheck-baseline"
 BASELINE_VERSION = 1
@@ -35,6 +36,7 @@ METRICS: dict[str, tuple[tuple[str, int, str], ...]] = {
     "GC104": (("saturated_fraction", +1, "fraction"),),
     "GC105": (("dead_units", +1, "fraction"),),
     "GC106": (("parameters", +1, "count"),),
+    "GC107": (("ratio", +1, "ratio"),),
     "GC110": (("rise", +1, "ratio"), ("amplitude_growth", +1, "ratio")),
 }
 
@@ -52,8 +54,13 @@ class Ignore:
     def matches(self, f: Finding, spec: str) -> bool:
         if self.rule is not None and f.rule != self.rule:
             return False
-        if self.layer is not None and not fnmatch.fnmatchcase(f.layer or "(model)", self.layer):
-            return False
+        if self.layer is not None:
+            # A glob written against a wrapped model's names (`_orig_mod.fc*`, `module.encoder.*`) also
+            # matches: gradcheck reports the wrapped model's own names.
+            name = f.layer or "(model)"
+            globs = {self.layer, strip_prefix(self.layer) or "(model)"}
+            if not any(fnmatch.fnmatchcase(name, g) for g in globs):
+                return False
         if self.model is not None and not fnmatch.fnmatchcase(normalize_spec(spec), normalize_spec(self.model)):
             return False
         return True
@@ -94,7 +101,8 @@ def metric(f: Finding) -> tuple[str, float, int, str] | None:
 
 
 def _key(spec: str, code: str, layer: str | None, metric_name: str | None) -> tuple:
-    return (normalize_spec(spec), code, layer, metric_name)
+    # Layer names without torch.compile / DDP prefixes, so a baseline written with them still applies.
+    return (normalize_spec(spec), code, strip_prefix(layer) or None if layer is not None else None, metric_name)
 
 
 def entry(spec: str, f: Finding) -> dict[str, Any]:

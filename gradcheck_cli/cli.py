@@ -389,9 +389,10 @@ def _check_one_with(s, suite, target: dict, verbose: bool, single: bool, progres
         _rank_failed(exc, target, s.model)
         info = {"type": "internal", "phase": _phase_now(True), "message": exc_line(exc), "where": None,
                 "hint": "re-run with --verbose and report it", "exit_code": EXIT_INTERNAL}
-        if verbose:
-            _write_error(target, s.model, info)
-            raise
+        if verbose:   # the traceback, then the same one-line error and exit code as without --verbose
+            import traceback
+
+            err.print("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), markup=False)
         _say(f"error: {s.model + ': ' if not single else ''}internal error in gradcheck: {exc_line(exc)} "
                   "(re-run with --verbose and report it)", markup=False)
         if single:

@@ -23,6 +23,17 @@ class RuleSettings:
     enabled: bool = True
     severity: Severity | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    given: set[str] = field(default_factory=set, compare=False)   # keys set explicitly ("enabled", "severity")
+
+    def merged_over(self, base: "RuleSettings") -> "RuleSettings":
+        """These settings on top of `base` (a per-model entry over the top-level rules): options merge
+        key by key, and enabled/severity replace the base's only where this entry sets them."""
+        return RuleSettings(
+            enabled=self.enabled if "enabled" in self.given else base.enabled,
+            severity=self.severity if "severity" in self.given else base.severity,
+            options={**base.options, **self.options},
+            given=base.given | self.given,
+        )
 
 
 @dataclass
@@ -376,8 +387,10 @@ def _rules(p: str, value: Any, rules: Any, get_rule: Any, prefix: str = "rules")
                 if not isinstance(v, bool):
                     raise ConfigError(p, key, f"expected true or false (got {_show(v)})")
                 rs.enabled = v
+                rs.given.add("enabled")
             elif k == "severity":
                 rs.severity = Severity(_choice(p, key, v, tuple(s.value for s in Severity)))
+                rs.given.add("severity")
             else:
                 opt = next((o for o in r.options if o.name == k), None)
                 if opt is None:
@@ -451,7 +464,8 @@ def expand_models(s: Settings, model_given: bool) -> list[Settings]:
         m.models = []
         for key, value in entry.items():
             if key == "rules":
-                m.rules = {**s.rules, **value}
+                m.rules = {**s.rules, **{rid: rs.merged_over(s.rules.get(rid, RuleSettings()))
+                                         for rid, rs in value.items()}}
             elif key == "ignore":
                 m.ignore = list(s.ignore) + list(value)
             elif key not in s.cli_given:

@@ -18,6 +18,11 @@ class LossFn:
     name: str                           # "auto", one of BUILTIN, or "callable"
     fn: Callable | None = None
     spec: str | None = None
+    # What the last computed loss was, for the initial-loss rule and the report (set by `compute`):
+    kind: str | None = None             # "cross-entropy" | "bce-with-logits" | "mse" | "model" | "callable" | "several"
+    classes: int | None = None          # cross-entropy: number of classes (C, or V for a language model)
+    outputs: list[str] | None = None    # the model outputs the loss was computed on ("output", "output[1]", "logits")
+    ignored: list[str] | None = None    # outputs holding float tensors that the default loss could not use
 
     @property
     def description(self) -> str:
@@ -70,6 +75,39 @@ def primary_tensor(output: Any) -> torch.Tensor | None:
     return None
 
 
+def named_outputs(output: Any, prefix: str = "output") -> list[tuple[str, torch.Tensor]]:
+    """Every tensor a default loss can be computed on, named for the report: the output itself; for a
+    Hugging Face ModelOutput its `*logits` entries when there are any (hidden states, attentions and caches
+    are not predictions); for a dict every tensor value except "loss"; for a tuple/list every tensor in it
+    (nested tuples and dicts included)."""
+    if isinstance(output, torch.Tensor):
+        return [(prefix, output)]
+    items: list[tuple[str, Any]] = []
+    if isinstance(output, dict) or (hasattr(output, "keys") and hasattr(output, "__getitem__")
+                                    and not isinstance(output, (tuple, list))):
+        try:
+            keys = [k for k in output.keys() if k != "loss"]
+        except Exception:   # pragma: no cover - an unusual mapping
+            keys = []
+        # A Hugging Face ModelOutput also carries hidden states, attentions and caches: only its logits are
+        # predictions. A plain dict's tensors are all outputs.
+        hf = hasattr(output, "to_tuple")
+        logit_keys = [k for k in keys if hf and "logits" in str(k) and isinstance(output[k], torch.Tensor)]
+        items = [(str(k) if prefix == "output" else f"{prefix}.{k}", output[k]) for k in (logit_keys or keys)]
+    elif isinstance(output, (tuple, list)):
+        items = [(f"{prefix}[{i}]", item) for i, item in enumerate(output)]
+    else:
+        logits = getattr(output, "logits", None)
+        return [("logits", logits)] if isinstance(logits, torch.Tensor) else []
+    out: list[tuple[str, torch.Tensor]] = []
+    for name, item in items:
+        if isinstance(item, torch.Tensor):
+            out.append((name, item))
+        elif isinstance(item, (tuple, list, dict)):
+            out.extend(named_outputs(item, name))
+    return out
+
+
 def _classification_shaped(pred: torch.Tensor, token_input: bool) -> bool:
     if pred.dim() == 2 and pred.shape[1] > 1:
         return True
@@ -115,12 +153,86 @@ _BUILTIN_FN = {
 }
 
 
+def _auto_kind(pred: torch.Tensor, target: Any, token_input: bool) -> str:
+    if target is not None:
+        integer = isinstance(target, torch.Tensor) and not target.is_floating_point()
+        if integer and (pred.dim() == 1 or pred.shape[-1] == 1):
+            return "bce-with-logits"     # one logit per example: binary labels
+        return "cross-entropy" if integer else "mse"
+    return "cross-entropy" if _classification_shaped(pred, token_input) else "mse"
+
+
+def _fits(pred: torch.Tensor, target: Any) -> bool:
+    """Whether a provided target can be the target of this output."""
+    if not isinstance(target, torch.Tensor):
+        return False
+    if target.is_floating_point():
+        return tuple(target.shape) == tuple(pred.shape) or target.numel() == pred.numel()
+    if pred.dim() == 1 or (pred.dim() >= 1 and pred.shape[-1] == 1):
+        return target.numel() == pred.numel()
+    if pred.dim() == 3 and tuple(target.shape) == tuple(pred.shape[:2]):
+        return bool(target.numel() == 0 or int(target.max()) < pred.shape[-1])
+    if pred.dim() >= 2 and tuple(target.shape) == (pred.shape[0],) + tuple(pred.shape[2:]):
+        return bool(target.numel() == 0 or (int(target.min()) >= 0 and int(target.max()) < pred.shape[1]))
+    return False
+
+
+def _several(loss_fn: LossFn, outputs: list[tuple[str, torch.Tensor]], batch: Any, gen: torch.Generator
+             ) -> tuple[torch.Tensor, str]:
+    """The default loss of a model with several outputs: one term per output it can build a target for
+    (a provided target where it fits, by position or key when targets are a tuple/dict; synthetic
+    otherwise), summed."""
+    target = batch.target
+    terms, parts, used, ignored = [], [], [], []
+    for i, (name, pred) in enumerate(outputs):
+        if not (pred.is_floating_point() or pred.is_complex()) or not pred.requires_grad or pred.numel() == 0:
+            if pred.is_floating_point() and not pred.requires_grad:
+                ignored.append(name)
+            continue
+        t = None
+        if isinstance(target, (tuple, list)) and len(target) == len(outputs):
+            t = target[i]
+        elif isinstance(target, dict):
+            t = target.get(name)
+        elif isinstance(target, torch.Tensor):
+            t = target
+        if t is not None and not _fits(pred, t):
+            t = None
+        kind = _auto_kind(pred, t, batch.token_input)
+        synthetic = t is None
+        if synthetic:
+            try:
+                t = synth_target(kind, pred, gen)
+            except InputError:
+                ignored.append(name)
+                continue
+        terms.append(_BUILTIN_FN[kind](pred, t))
+        parts.append(f"{kind} on {name}{' (synthetic targets)' if synthetic else ''}")
+        used.append(name)
+    if not terms:
+        raise InputError("none of the model's outputs is a floating-point tensor connected to the parameters",
+                         hint="return the logits/scores, or pass --loss file.py:NAME")
+    loss_fn.kind, loss_fn.classes, loss_fn.outputs, loss_fn.ignored = "several", None, used, ignored or None
+    loss = terms[0]
+    for t in terms[1:]:
+        loss = loss + t
+    groups: dict[str, list[str]] = {}
+    for part in parts:
+        kind, _, rest = part.partition(" on ")
+        groups.setdefault(kind, []).append(rest)
+    body = "; ".join(f"{kind} on {', '.join(names)}" for kind, names in groups.items())
+    if all(p.endswith(" (synthetic targets)") for p in parts):
+        body = body.replace(" (synthetic targets)", "") + " (synthetic targets)"
+    return loss, f"sum over {len(terms)} outputs: {body}"
+
+
 def compute(loss_fn: LossFn, output: Any, batch: Any, step: int, seed: int
             ) -> tuple[torch.Tensor, str, str | None]:
     """Return (scalar loss, description, note-or-None)."""
     gen = torch.Generator().manual_seed(seed * 104_729 + step + 17)
     target = batch.target
     note = None
+    loss_fn.kind, loss_fn.classes, loss_fn.outputs, loss_fn.ignored = None, None, None, None
     if loss_fn.name == "auto":
         own = model_loss(output)
         if own is not None:
@@ -128,7 +240,12 @@ def compute(loss_fn: LossFn, output: Any, batch: Any, step: int, seed: int
                 note = (f"the model's own .loss has shape {tuple(own.shape)}, not a scalar; it was reduced "
                         "with mean()")
                 own = own.mean()
+            loss_fn.kind, loss_fn.outputs = "model", ["loss"]
             return _check_loss(own, "the model's own .loss"), "model's own .loss", note
+        outputs = named_outputs(output)
+        if len(outputs) > 1:
+            loss, desc = _several(loss_fn, outputs, batch, gen)
+            return _check_loss(loss, desc), desc, note
     pred = primary_tensor(output)
     if pred is None:
         raise InputError(f"the model returned {type(output).__name__}, which holds no tensor to compute a loss on",
@@ -137,17 +254,7 @@ def compute(loss_fn: LossFn, output: Any, batch: Any, step: int, seed: int
         raise InputError(f"the model output is an integer tensor ({str(pred.dtype).replace('torch.', '')}, shape "
                          f"{tuple(pred.shape)}); it carries no gradient",
                          hint="return the logits/scores, not argmax/indices, or pass --loss file.py:NAME")
-    if loss_fn.name == "auto":
-        if target is not None:
-            integer = isinstance(target, torch.Tensor) and not target.is_floating_point()
-            if integer and (pred.dim() == 1 or pred.shape[-1] == 1):
-                kind = "bce-with-logits"     # one logit per example: binary labels
-            else:
-                kind = "cross-entropy" if integer else "mse"
-        else:
-            kind = "cross-entropy" if _classification_shaped(pred, batch.token_input) else "mse"
-    else:
-        kind = loss_fn.name
+    kind = _auto_kind(pred, target, batch.token_input) if loss_fn.name == "auto" else loss_fn.name
     synthetic = target is None
     if synthetic:
         target = synth_target("cross-entropy" if kind == "callable" and _classification_shaped(
@@ -156,6 +263,13 @@ def compute(loss_fn: LossFn, output: Any, batch: Any, step: int, seed: int
     desc = loss_fn.description if kind == "callable" else kind
     if synthetic:
         desc += " (synthetic targets)"
+    loss_fn.kind = kind
+    loss_fn.outputs = [next((n for n, t in named_outputs(output) if t is pred), "output")]
+    if kind == "cross-entropy" and pred.dim() >= 2:
+        last = pred.dim() == 3 and isinstance(target, torch.Tensor) and tuple(target.shape) == tuple(pred.shape[:2])
+        loss_fn.classes = int(pred.shape[-1] if last else pred.shape[1])
+    elif kind == "bce-with-logits":
+        loss_fn.classes = 2
     if isinstance(loss, torch.Tensor) and loss.dim() > 0 and loss.numel() > 1:
         note = f"the loss returned shape {tuple(loss.shape)}, not a scalar; it was reduced with mean()"
         loss = loss.mean()

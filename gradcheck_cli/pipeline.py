@@ -12,7 +12,7 @@ from gradcheck_cli import __version__
 from gradcheck_cli.config import RuleSettings, Settings
 from gradcheck_cli.deadline import Deadline, RunTimeout, set_phase
 from gradcheck_cli.errors import GradcheckError, InputError, UserCodeError, exc_line
-from gradcheck_cli.findings import FailOn, Finding, Report
+from gradcheck_cli.findings import FailOn, Finding, Report, Severity
 from gradcheck_cli.rules import RULES
 from gradcheck_cli.stats import RunStats
 
@@ -24,7 +24,9 @@ def apply_rules(stats: RunStats, rule_settings: dict[str, RuleSettings]) -> list
         if not cfg.enabled:
             continue
         for f in r.check(stats, cfg.options):
-            if cfg.severity is not None:
+            # A configured severity replaces the rule's default (and its error escalation), but not a
+            # deliberate downgrade to info (e.g. a gated RNN's decay through time, a zero-init branch).
+            if cfg.severity is not None and not (f.severity == Severity.INFO and r.severity != Severity.INFO):
                 f.severity = cfg.severity
             findings.append(f)
     return findings
@@ -77,14 +79,15 @@ def _run_check(s: Settings, progress: Any = None) -> Report:
     # Seed the model's construction too, so a run (and a CI gate) is reproducible; fork_rng leaves the
     # caller's global RNG state as it was.
     from gradcheck_cli import distributed
+    from gradcheck_cli.seeding import host_rngs_preserved, seed_all
 
     ctx = distributed.current()
     try:
         if ctx is not None and s.train_steps:
             raise InputError("--train-steps is not supported under torchrun yet",
                              hint="run the training rehearsal in one process (python -m gradcheck_cli check ...)")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s.seed)
+        with torch.random.fork_rng(devices=[]), host_rngs_preserved():
+            seed_all(s.seed)
             set_phase("import")
             obj = loading.load_object(s.model, what="model")
             set_phase("build")
@@ -137,11 +140,16 @@ def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any
     `origin` is what the spec named (class, factory or instance), for source locations."""
     from gradcheck_cli import sources
     from gradcheck_cli.measure import run_passes
+    from gradcheck_cli.seeding import host_rngs_preserved
+    from gradcheck_cli.wrappers import unwrap
 
     refuse_unsupported(model)
+    # torch.compile / DDP / DataParallel add `_orig_mod.` / `module.` to every name: check the model inside.
+    model, wrappers = unwrap(model)
     t1 = time.perf_counter()
     try:
-        result = run_passes(model, source, loss_fn, steps=s.steps, seed=s.seed, device=device, dist=dist)
+        with host_rngs_preserved():   # the passes seed numpy and random too (models that draw from them)
+            result = run_passes(model, source, loss_fn, steps=s.steps, seed=s.seed, device=device, dist=dist)
     except GradcheckError as exc:
         add_hint(exc)
         raise
@@ -151,14 +159,27 @@ def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any
                             phase="forward", where=f"`(model)` ({type(model).__name__})",
                             hint="leave hooks in place while gradcheck runs; a check that measured nothing "
                                  "cannot pass")
+    dtypes = {str(p.dtype).replace("torch.", "") for p in model.parameters() if p.requires_grad}
+    result.stats.param_dtype = dtypes.pop() if len(dtypes) == 1 else None
+    result.stats.loss_kind = getattr(loss_fn, "kind", None)
+    result.stats.loss_classes = getattr(loss_fn, "classes", None)
+    result.stats.loss_outputs = getattr(loss_fn, "outputs", None)
+    result.stats.loss_ignored_outputs = getattr(loss_fn, "ignored", None)
+    if result.stats.loss_ignored_outputs:
+        result.notes.append(f"the default loss could not use {', '.join(result.stats.loss_ignored_outputs)} "
+                            "(no target fits it, or it does not require grad); pass --loss file.py:NAME to cover it")
+    if wrappers:
+        result.notes.append(f"checked the model inside {' > '.join(wrappers)}: layer names are the wrapped "
+                            "model's own (no `_orig_mod.` / `module.` prefix)")
     t_train = time.perf_counter()
     if getattr(s, "train_steps", 0):
         from gradcheck_cli.measure.training import TrainSettings, rehearse
 
         try:
-            traj, train_notes = rehearse(model, source, loss_fn, seed=s.seed, device=device, progress=progress,
-                                         train=TrainSettings(steps=s.train_steps, optimizer=s.optimizer, lr=s.lr,
-                                                             precision=s.precision))
+            with host_rngs_preserved():
+                traj, train_notes = rehearse(model, source, loss_fn, seed=s.seed, device=device, progress=progress,
+                                             train=TrainSettings(steps=s.train_steps, optimizer=s.optimizer,
+                                                                 lr=s.lr, precision=s.precision))
         except GradcheckError as exc:
             add_hint(exc)
             raise

@@ -34,6 +34,8 @@ class LayerStats:
     fan_in: int | None = None           # of `.weight` (Linear/Conv: in_features * kernel size)
     fan_out: int | None = None
     bias_mean: float | None = None      # mean of its `.bias`
+    norm_weight_rms: float | None = None  # normalisation layers: RMS of the scale (gamma), 1 at a standard init
+    norm_eps: float | None = None       # normalisation layers: eps
     recurrent_sigma_max: float | None = None   # nn.RNN: largest singular value of weight_hh_l0
     grad_norm: float | None = None      # L2 norm of their gradient, mean over steps
     grad_norm_max: float | None = None
@@ -92,6 +94,12 @@ class RunStats:
     nonfinite_ops: list[dict[str, Any]] = field(default_factory=list)
     series: StepSeries | None = None            # per-step values (not in the report)
     training: "Trajectory | None" = None        # the training rehearsal (--train-steps), when run
+    param_dtype: str | None = None      # the trainable parameters' dtype ("float32", "float16", ...)
+    # The loss (filled in by the pipeline from what losses.compute used):
+    loss_kind: str | None = None        # cross-entropy | bce-with-logits | mse | model | callable | several
+    loss_classes: int | None = None     # cross-entropy: C (V for a language model); 2 for bce-with-logits
+    loss_outputs: list[str] | None = None          # the model outputs the loss was computed on
+    loss_ignored_outputs: list[str] | None = None  # float outputs the default loss could not use
 
     def origin(self, label: str | None) -> tuple[str | None, Any]:
         """Resolve first_nonfinite_* to ("layer", LayerStats) or ("op", dict) or (None, None)."""

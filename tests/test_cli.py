@@ -19,7 +19,7 @@ from conftest import EXAMPLES, ROOT
 runner = CliRunner()
 
 RULE_IDS = ["vanishing-gradients", "exploding-gradients", "non-finite", "saturated-activations", "dead-relus",
-            "unused-parameters"]
+            "unused-parameters", "initial-loss"]
 
 # A small healthy model (He init, no dead units to speak of) and a few broken user files.
 MODEL_PY = """
@@ -129,11 +129,11 @@ def test_fail_on_never_gives_0_on_a_broken_model():
 
 
 def test_fail_on_error_ignores_warnings():
-    r = check(ex("dead_relu.py:build"), "--fail-on", "error")
+    r = check(ex("saturated_tanh.py:build"), "--fail-on", "error")
     assert r.exit_code == 0
-    assert "GC105" in r.stdout and "WARNING" in r.stdout
+    assert "GC104" in r.stdout and "WARNING" in r.stdout
     # ... and the same model fails at the default threshold (warning).
-    assert check(ex("dead_relu.py:build")).exit_code == 1
+    assert check(ex("saturated_tanh.py:build")).exit_code == 1
 
 
 def test_fail_on_error_fails_on_errors():
@@ -435,6 +435,20 @@ def test_internal_error_exits_4_without_traceback(model_py, monkeypatch):
     assert_clean_error(check(f"{model_py}:build"), 4, "internal error", "ZeroDivisionError", "--verbose")
 
 
+def test_internal_error_with_verbose_still_exits_4(model_py, monkeypatch):
+    """--verbose adds the traceback; it must not turn our bug's exit 4 into 1 ("findings")."""
+    import gradcheck_cli.pipeline as pipeline
+
+    def broken(settings, **kwargs):
+        raise ZeroDivisionError("oops in gradcheck")
+
+    monkeypatch.setattr(pipeline, "run_check", broken)
+    r = check(f"{model_py}:build", "--verbose")
+    assert r.exit_code == 4
+    assert "Traceback (most recent call last)" in r.stderr and "oops in gradcheck" in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: internal error in gradcheck: ZeroDivisionError")
+
+
 # --------------------------------------------------------------------------------------------------------
 # JSON report and --output
 # --------------------------------------------------------------------------------------------------------
@@ -589,7 +603,7 @@ def test_loss_callable(model_py, write_file):
 def test_rules_lists_every_rule():
     r = invoke("rules")
     assert r.exit_code == 0
-    for rid, code in zip(RULE_IDS, ["GC101", "GC102", "GC103", "GC104", "GC105", "GC106"]):
+    for rid, code in zip(RULE_IDS, ["GC101", "GC102", "GC103", "GC104", "GC105", "GC106", "GC107"]):
         line = next((l for l in r.stdout.splitlines() if rid in l), None)
         assert line is not None, rid
         assert code in line
@@ -603,7 +617,7 @@ def test_explain_prints_sections(key):
     assert out.startswith("GC105 dead-relus")
     for title in ("What it does", "Why it matters", "Example", "Fix", "References", "Options"):
         assert title in out, title
-    assert "fraction = 0.5" in out and "min_units = 4" in out
+    assert "fraction = 0.5" in out and "min_units = 16" in out
 
 
 def test_explain_by_code_equals_explain_by_id():

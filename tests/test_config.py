@@ -234,3 +234,45 @@ def test_no_discovery_outside_cwd(tmp_path):
     sub = tmp_path / "sub"
     sub.mkdir()
     assert resolve(flags(), None, cwd=sub).steps == 3
+
+
+def test_model_entry_rules_merge_over_top_level_rules(tmp_path):
+    """README: a model entry's `rules` are merged over the top-level ones, option by option."""
+    from gradcheck_cli.config import expand_models
+
+    p = cfg(tmp_path, """
+rules:
+  dead-relus: {fraction: 0.7, severity: error}
+  unused-parameters: {enabled: false}
+  vanishing-gradients: {ratio: 1.0e-4}
+models:
+  - model: a.py:build
+    rules:
+      dead-relus: {min_units: 2}
+      unused-parameters: {severity: info}
+  - model: b.py:build
+""")
+    s = resolve(flags(model=None), p)
+    a, b = expand_models(s, model_given=False)
+    dr = a.rules["dead-relus"]
+    assert dr.options == {"fraction": 0.7, "min_units": 2}
+    assert dr.severity is Severity.ERROR and dr.enabled
+    assert a.rules["unused-parameters"].enabled is False, "enabled: false at the top stays unless the entry sets it"
+    assert a.rules["unused-parameters"].severity is Severity.INFO
+    assert a.rules["vanishing-gradients"].options == {"ratio": 1e-4}
+    assert b.rules == s.rules
+
+
+def test_configured_severity_keeps_deliberate_info_downgrades():
+    """`severity: error` on vanishing-gradients must not turn a gated RNN's info (decay through time at
+    init, which the gates can learn away) into an error; a real finding of the rule does get it."""
+    from gradcheck_cli.pipeline import run_check
+    from conftest import EXAMPLES
+
+    rules = {"vanishing-gradients": RuleSettings(severity=Severity.ERROR)}
+    lstm = run_check(Settings(model=f"{EXAMPLES}/healthy_lstm.py:build", rules=rules, device="cpu"))
+    through_time = [f for f in lstm.findings if f.rule == "vanishing-gradients"]
+    assert through_time and all(f.severity is Severity.INFO for f in through_time)
+    assert lstm.exit_code == 0
+    sig = run_check(Settings(model=f"{EXAMPLES}/vanishing_sigmoid_mlp.py:build", rules=rules, device="cpu"))
+    assert [f.severity for f in sig.findings if f.rule == "vanishing-gradients"] == [Severity.ERROR]

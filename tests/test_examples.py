@@ -33,7 +33,10 @@ BROKEN = [
     ("nan_loss.py:Net", {}, "non-finite", ..., Severity.ERROR),
     ("nan_backward_sqrt.py:Net", {}, "non-finite", "encoder", Severity.ERROR),
     ("saturated_tanh.py:build", {}, "saturated-activations", ..., Severity.WARNING),
-    ("dead_relu.py:build", {}, "dead-relus", "1", Severity.WARNING),
+    ("dead_relu.py:build", {}, "dead-relus", "5", Severity.ERROR),     # every unit dead: no learning signal
+    ("relu_after_output.py:build", {}, "dead-relus", "2", Severity.ERROR),
+    ("softmax_single_output.py:build", {"batch": str(EXAMPLES / "softmax_single_output.py:batch")},
+     "vanishing-gradients", "softmax", Severity.ERROR),
     ("unused_parameters.py:Net", {}, "unused-parameters", "aux_head", Severity.WARNING),
     ("rnn_vanishing.py:Net", {"input_shape": (8, 100, 16)}, "vanishing-gradients", "rnn", Severity.WARNING),
     ("rnn_exploding.py:Net", {"input_shape": (8, 100, 16)}, "exploding-gradients", "rnn", Severity.WARNING),
@@ -89,7 +92,8 @@ def test_nan_backward_sqrt_points_at_the_sqrt_line():
 
 
 HEALTHY = ["healthy_mlp.py:build", "healthy_resnet.py:build", "healthy_transformer.py:build",
-           "healthy_lstm.py:build", "healthy_lstm.py:build_bidirectional"]
+           "healthy_lstm.py:build", "healthy_lstm.py:build_bidirectional", "multi_output.py:Net", "rezero.py:build",
+           "relu_after_output.py:build_fixed"]
 
 
 @pytest.mark.parametrize("spec", HEALTHY)

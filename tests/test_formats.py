@@ -375,7 +375,7 @@ def test_github_actions_annotations_end_to_end(monkeypatch):
     # the human-readable report is fenced off (::stop-commands::TOKEN ... ::TOKEN::), then the annotations
     assert lines[0].startswith("::stop-commands::") and lines[1] == f"::{lines[0].split('::')[2]}::"
     lines = lines[2:]
-    assert len(lines) == 2 and lines[0].startswith("::warning file=examples/dead_relu.py,line=8,")
+    assert len(lines) == 2 and lines[0].startswith("::error file=examples/dead_relu.py,line=8,")  # no learning signal
     assert lines[1].startswith("::notice ")   # the info finding (exactly-zero gradients behind the dead units)
     monkeypatch.setenv("GITHUB_ACTIONS", "false")
     r = runner.invoke(app, ["check", "examples/dead_relu.py:build"])
@@ -388,7 +388,7 @@ def test_github_annotations_keep_json_stdout_clean(monkeypatch):
     r = runner.invoke(app, ["check", "examples/dead_relu.py:build", "-f", "json"])
     assert r.exit_code == 1
     json.loads(r.stdout)                      # annotations went to stderr
-    assert "::warning " in r.stderr
+    assert "::error " in r.stderr
 
 
 def test_baseline_end_to_end(tmp_path, monkeypatch):

@@ -123,6 +123,14 @@ class Hooks:
         return hook
 
     def on_output(self, layer: Layer, out: torch.Tensor) -> None:
+        if _in_backward():
+            # Gradient checkpointing recomputes the forward inside backward: the call was already counted
+            # and measured. Its output's gradient (reentrant checkpointing) is still the layer's.
+            if out.requires_grad and not self.diagnose:
+                if layer.grad_hook is None:
+                    layer.grad_hook = self.grad_hook(layer)
+                self.tensor_handles.append(out.register_hook(layer.grad_hook))
+            return
         if layer.first_call is None:
             layer.first_call = next(self.call_counter)
         if self.diagnose:
@@ -215,3 +223,9 @@ class Hooks:
             elif layer.time_sq.shape == per_t.shape:
                 layer.time_sq = layer.time_sq + per_t
         return hook
+
+
+def _in_backward() -> bool:
+    """True while autograd executes a backward node (e.g. checkpointing's recomputation of forward)."""
+    current = getattr(torch._C, "_current_autograd_node", None)
+    return current is not None and current() is not None

@@ -24,6 +24,8 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
+from gradcheck_cli.seeding import seed_host_rngs
+
 
 @dataclass
 class ModelState:
@@ -89,6 +91,7 @@ def seeded_devices(model: nn.Module, device: torch.device | None) -> list[int]:
 def seed(value: int, cuda_devices: list[int]) -> None:
     """Seed the CPU generator and those CUDA devices (only those: the same set fork_rng saved)."""
     torch.random.default_generator.manual_seed(value)
+    seed_host_rngs(value)   # numpy and Python's random too: models that draw from them are reproducible
     for i in cuda_devices:
         with torch.cuda.device(i):
             torch.cuda.manual_seed(value)

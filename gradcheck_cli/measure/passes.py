@@ -276,12 +276,15 @@ def _check_passes(mon: Monitor, model: nn.Module, batches: Any, loss_fn: Any, *,
             if dist is not None:   # the global loss's gradients (all-reduced, or FSDP's local shards)
                 loss, grads = dist.gradients(loss, params, mon.hooks.extra_inputs)
             else:
-                grads = torch.autograd.grad(loss, list(params) + list(mon.hooks.extra_inputs), allow_unused=True)
+                if reentrant_checkpoint[0] is None:
+                    reentrant_checkpoint[0] = uses_reentrant_checkpoint(loss)
+                grads = backward_grads(loss, list(params) + list(mon.hooks.extra_inputs), reentrant_checkpoint[0])
         except (Exception, SystemExit) as exc:
             raise user_error("backward", exc, mon, batch) from exc
         del output
         return mon.step(loss, grads[:len(params)])
 
+    reentrant_checkpoint: list[bool | None] = [None]   # found on the first pass: the graph has the same kinds of nodes
     watch = True      # the function mode; dropped after step 1 when it found no functional activation
     diagnosed = False
     for step in range(steps):
@@ -324,3 +327,36 @@ def user_error(phase: str, exc: BaseException, mon: Monitor, batch: Any) -> User
     elif phase == "forward" and isinstance(exc, RuntimeError) and ("shape" in str(exc) or "size" in str(exc)):
         reason, detail = "shape", batch.describe_shapes()
     return UserCodeError(msg, phase=phase, where=where, original=exc, reason=reason, detail=detail)
+
+
+def uses_reentrant_checkpoint(loss: torch.Tensor) -> bool:
+    """Whether the graph holds a reentrant torch.utils.checkpoint node (CheckpointFunctionBackward), which
+    refuses torch.autograd.grad and supports only .backward()."""
+    seen: set[int] = set()
+    stack = [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if "CheckpointFunction" in type(node).__name__:
+            return True
+        stack.extend(fn for fn, _ in getattr(node, "next_functions", ()))
+    return False
+
+
+def backward_grads(loss: torch.Tensor, tensors: list[torch.Tensor], reentrant: bool) -> tuple:
+    """Gradients of the loss w.r.t. `tensors`, without touching the user's `.grad`: torch.autograd.grad, or,
+    for reentrant gradient checkpointing (which supports only .backward()), .backward() with every `.grad`
+    saved before and restored after."""
+    if not reentrant:
+        return torch.autograd.grad(loss, tensors, allow_unused=True)
+    saved = [t.grad for t in tensors]
+    for t in tensors:
+        t.grad = None
+    try:
+        loss.backward()
+        return tuple(t.grad for t in tensors)
+    finally:
+        for t, g in zip(tensors, saved):
+            t.grad = g

@@ -35,6 +35,13 @@ def weight_stats(inv: Inventory) -> None:
                 else:               # a frozen weight
                     scalars.append(K.sumsq(w.detach()).sqrt())
                     wanted.append((layer.stats, "weight_rms", math.sqrt(w.numel())))
+            elif (isinstance(w, torch.Tensor) and w.dim() == 1 and w.is_floating_point() and w.numel()
+                  and isinstance(getattr(mod, "eps", None), (int, float))):
+                # A normalisation layer's scale (gamma) and eps: a gamma initialised near 0 shrinks every
+                # activation after it, an eps of 0 divides by zero on a constant input.
+                scalars.append(K.sumsq(w.detach()).sqrt())
+                wanted.append((layer.stats, "norm_weight_rms", math.sqrt(w.numel())))
+                layer.stats.norm_eps = float(mod.eps)
             b = getattr(mod, "bias", None)
             if isinstance(b, torch.Tensor) and b.numel() and b.is_floating_point():
                 scalars.append(b.detach().mean(dtype=torch.float32))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from gradcheck_cli.rules import (
-    dead_relu, divergence, exploding, nonfinite, saturation, unused, update_ratio, vanishing,
+    dead_relu, divergence, exploding, initial_loss, nonfinite, saturation, unused, update_ratio, vanishing,
 )
 from gradcheck_cli.rules.base import SECTIONS, Option, Rule
 
 RULES: tuple[Rule, ...] = tuple(sorted(
     (vanishing.RULE, exploding.RULE, nonfinite.RULE, saturation.RULE, dead_relu.RULE, unused.RULE,
-     divergence.RULE, update_ratio.RULE),
+     initial_loss.RULE, divergence.RULE, update_ratio.RULE),
     key=lambda r: r.code,
 ))
 

@@ -61,7 +61,10 @@ def depth_ratio(stats: RunStats, min_layers: int) -> dict | None:
     e = geo_median(x.output_grad_norm for x in early)
     l = geo_median(x.output_grad_norm for x in late)
     ratio = e / l
-    return {
+    # The best-served early layer: on a residual stream whose branches are scaled down (LayerScale 1e-5/1e-6,
+    # small-init branches), the layers on the stream itself still get the full signal.
+    best_ratio = max(x.output_grad_norm for x in early) / l
+    return {"best_ratio": best_ratio,
         "profile": profile, "ratio": ratio, "per_layer": ratio ** (1.0 / max(len(profile) - 1, 1)),
         "evidence": {
             "early_layers": [x.name for x in early], "early_output_grad_norm": e,
@@ -136,3 +139,76 @@ def xavier_std(layer: LayerStats) -> float | None:
 def list_names(names: list[str], limit: int = 4) -> str:
     shown = ", ".join(f"`{n}`" for n in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def x_factor(x: float) -> str:
+    """A growth/decay factor for messages: 'x0.85', 'x3.2', 'x1.2e+04' (never 'x1407267.09' or 'infx')."""
+    if x is None or not math.isfinite(x):
+        return "an unbounded factor"
+    return "x" + _fmt(x)
+
+
+def _owned_zero(stats: RunStats) -> set[str]:
+    return set(stats.zero_grad_parameters) | set(stats.unused_parameters)
+
+
+def param_layers(stats: RunStats) -> list[LayerStats]:
+    """Layers owning trainable parameters, in forward (depth) order."""
+    return [l for l in stats.layers if l.role == S.PARAM and l.trainable_params > 0]
+
+
+def _is_zero_layer(layer: LayerStats, zero: set[str]) -> bool:
+    """Every trainable parameter of the layer got no gradient or an exactly-zero one."""
+    if layer.grad_norm is not None and layer.grad_norm != 0:
+        return False
+    prefix = f"{layer.name}." if layer.name else ""
+    mine = [p for p in zero if p.startswith(prefix) and "." not in p[len(prefix):]]
+    return bool(mine) or layer.grad_norm == 0
+
+
+def signal_cut(stats: RunStats) -> dict | None:
+    """No learning signal at all: every trainable layer before some point gets an exactly-zero (or no)
+    gradient while a later one learns. Returns {cut, upstream, downstream, cause, cut_layer} or None.
+
+    The cut is where, walking back from the loss, the error signal |dL/dy| first becomes exactly zero:
+    `cut_layer` is the last layer (forward order) whose output gets a non-zero gradient while the layer
+    before it gets zero. `cause` names the known ones from the layer's type and statistics.
+    """
+    zero = _owned_zero(stats)
+    if not zero:
+        return None
+    layers = param_layers(stats)
+    if len(layers) < 2 or not _is_zero_layer(layers[0], zero):
+        return None
+    k = 0
+    while k < len(layers) and _is_zero_layer(layers[k], zero):
+        k += 1
+    upstream, downstream = layers[:k], layers[k:]
+    # Walk forward from the last zero layer to the first layer whose output gradient is non-zero.
+    end = downstream[0].index if downstream else math.inf
+    after = [l for l in stats.layers if upstream[-1].index < l.index <= end]
+    cut_layer = next((l for l in after if l.output_grad_norm not in (None, 0.0)),
+                     downstream[0] if downstream else None)
+    if cut_layer is None:   # nothing after the last weight gets a gradient: the loss itself is flat
+        return {"upstream": upstream, "downstream": [], "cut_layer": None, "cause": "loss",
+                "after_last_weight": True}
+    cause = "other"
+    last = upstream[-1]
+    if last.output_grad_norm not in (None, 0.0) and last.output_grad_norm == last.output_grad_norm:
+        # The error signal does reach the last zero layer; its weight gradient (dL/dy times its input) is
+        # zero because its inputs are zero or so small that the product underflows: activations vanished
+        # on the way forward.
+        return {"upstream": upstream, "downstream": downstream, "cut_layer": last, "cause": "zero-input",
+                "after_last_weight": False}
+    if cut_layer.activation == S.RELU and cut_layer.dead_fraction == 1.0:
+        cause = "dead-relu"
+    elif any(t in cut_layer.type for t in ("Softmax", "LogSoftmax", "softmax")):
+        cause = "softmax"
+    elif cut_layer.role == S.PARAM and cut_layer.weight_norm == 0:
+        cause = "zero-weight"
+    relus = [l for l in after if l.activation == S.RELU and l.dead_fraction == 1.0]
+    if cause == "other" and relus:
+        cut_layer, cause = relus[-1], "dead-relu"
+    return {"upstream": upstream, "downstream": downstream, "cut_layer": cut_layer, "cause": cause,
+            "after_last_weight": not any(l.role == S.PARAM and l.index > cut_layer.index
+                                         and any(t in l.type for t in WEIGHT_TYPES) for l in stats.layers)}

@@ -4,7 +4,9 @@ from typing import Any
 
 from gradcheck_cli import stats as S
 from gradcheck_cli.findings import Finding, Severity
-from gradcheck_cli.rules._common import describe_group, fmt, has_normalization, name, pct, preceding_param_layer
+from gradcheck_cli.rules._common import (
+    describe_group, fmt, has_normalization, list_names, name, pct, preceding_param_layer, signal_cut,
+)
 from gradcheck_cli.rules.base import Option, Rule, rule
 from gradcheck_cli.rules.trajectory import died_findings
 from gradcheck_cli.stats import RunStats
@@ -15,7 +17,8 @@ from gradcheck_cli.stats import RunStats
     code="GC105",
     severity=Severity.WARNING,
     options=(Option("fraction", 0.5, "warn when at least this share of a ReLU layer's units is dead", maximum=1.0),
-             Option("min_units", 4, "ignore ReLU layers with fewer units than this"),
+             Option("min_units", 16, "ignore partly dead ReLU layers with fewer units than this (squeeze-excite "
+                                     "bottlenecks of 4-8 units seen on a few pooled examples)"),
              Option("died_fraction", 0.25, "--train-steps: warn when this share of a layer's units fired at step 0 "
                     "and died during training", maximum=1.0),
              Option("min_dead_steps", 3, "--train-steps: a unit counts as died once silent for the last this many "
@@ -28,8 +31,12 @@ def dead_relus(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
     What it does:
         For every nn.ReLU / nn.ReLU6 module and every F.relu / torch.relu call it can see, it counts the
         units (features; channels for convolutions) that were exactly zero for every example of every
-        pass. It fires when at least `fraction` (0.5) of a layer's units are dead, and shows the bias of
-        the weight layer feeding it.
+        pass. It fires when at least `fraction` (0.5) of a layer's units are dead, in layers of at least
+        `min_units` (16) units (squeeze-excite bottlenecks of 4-8 units see only a few pooled examples),
+        and shows the bias of the weight layer feeding it. When a fully dead layer, of any width, cuts the
+        gradient to every weight layer before it (no learning signal at all), it is an error located at
+        that layer; after the last Linear the fix is to remove the ReLU (logits must be able to go
+        negative).
 
         With `--train-steps N` it also follows each unit through the training rehearsal and reports
         units that fired at step 0 and then stopped firing for good (silent for at least the last
@@ -44,7 +51,8 @@ def dead_relus(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
 
     Example:
         examples/dead_relu.py: the hidden Linear layers' biases are initialised to -3 (think: a too-large
-        learning-rate step that pushed them negative), and 100% of the ReLU units are dead.
+        learning-rate step that pushed them negative), and 100% of the ReLU units are dead: an error.
+        examples/relu_after_output.py: a ReLU after the 3-unit output layer, all 3 units dead.
 
     Fix:
         Use LeakyReLU (slope 0.01-0.02), PReLU or ELU, which keep a gradient for negative inputs;
@@ -55,10 +63,14 @@ def dead_relus(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
         SageMaker Debugger "dead ReLU" rule (unit active in < 1% of samples, layer flagged at > 50%);
         AUTOTRAINER (ICSE'21): >= 70% of gradients exactly zero; DeepDiagnosis (ICSE'22).
     """
+    out: list[Finding] = []
     bad = [l for l in stats.layers if l.activation == S.RELU and l.dead_fraction is not None
            and (l.units or 0) >= opts["min_units"] and l.dead_fraction >= opts["fraction"]]
+    cut = signal_cut(stats)
+    if cut is not None and cut["cause"] == "dead-relu":   # one cause, one finding: the cut, with the others
+        return [_cut_finding(stats, cut, [l for l in bad if l is not cut["cut_layer"]], r)]
     if not bad:
-        return died_findings(stats, opts, r)   # alive at step 0: did training kill them?
+        return out + died_findings(stats, opts, r)   # alive at step 0: did training kill them?
     worst = max(bad, key=lambda l: l.dead_fraction)
     evidence: dict[str, Any] = {"threshold": opts["fraction"],
                                 "dead_units": {l.name: {"dead": l.dead_units, "units": l.units} for l in bad}}
@@ -85,7 +97,46 @@ def dead_relus(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
     if not has_normalization(stats):
         fixes.append("Add nn.BatchNorm1d/2d before each ReLU so each unit sees inputs on both sides of 0.")
     fixes.append("Lower the learning rate: one large step can push a unit's bias negative for good.")
-    return [r.finding(bad[0].name, msg, evidence, fixes, covers=[l.name for l in bad])] + died_findings(stats, opts, r)
+    out.append(r.finding(bad[0].name, msg, evidence, fixes, covers=[l.name for l in bad]))
+    return out + died_findings(stats, opts, r)
+
+
+def _cut_finding(stats: RunStats, cut: dict, others: list, r: Rule) -> Finding:
+    """A fully dead ReLU layer that cuts the gradient to every weight before it: no learning signal."""
+    layer = cut["cut_layer"]
+    up = cut["upstream"]
+    p = preceding_param_layer(stats, layer)
+    n_up = sum(l.trainable_params for l in up)
+    msg = (f"No learning signal: every unit of {name(layer.name)} ({layer.units} of {layer.units}) outputs 0 for "
+           f"every example, so the {len(up)} weight layer{'s' if len(up) != 1 else ''} before it ({n_up:,} "
+           "parameters) get an exactly-zero gradient in every step.")
+    evidence: dict[str, Any] = {"cut_at": layer.name, "units": layer.units, "dead_units": layer.dead_units,
+                                "upstream_layers": [l.name for l in up], "upstream_parameters": n_up,
+                                "cause": "dead-relu"}
+    evidence["dead_units"] = {l.name: {"dead": l.dead_units, "units": l.units} for l in [layer] + others}
+    if others:
+        msg += f" {len(others)} more ReLU layer{'s are' if len(others) > 1 else ' is'} mostly dead ({list_names([l.name for l in others])})."
+    if p is not None and p.bias_mean is not None:
+        evidence["feeding_bias_mean"] = {p.name: p.bias_mean}
+    fixes = []
+    if cut["after_last_weight"]:
+        fixes.append(f"Remove the ReLU after the last Linear ({name(layer.name)}): logits must be able to go "
+                     "negative. Return the raw outputs and let the loss (F.cross_entropy, BCEWithLogitsLoss) "
+                     "apply softmax/sigmoid.")
+    else:
+        fixes.append(f"Replace {describe_group([layer] + others)} with nn.LeakyReLU(0.01) (or nn.ELU) so negative "
+                     "inputs still pass a gradient.")
+    negative = []
+    for l in [layer] + others:
+        q = preceding_param_layer(stats, l)
+        if q is not None and q.bias_mean is not None and q.bias_mean < -0.1 and q not in negative:
+            negative.append(q)
+    if negative:
+        evidence["feeding_bias_mean"] = {q.name: q.bias_mean for q in negative}
+        fixes.append(f"Reset the negative biases feeding them ({', '.join(f'`{q.name}.bias` mean {fmt(q.bias_mean)}' for q in negative[:3])}"
+                     f"{' and more' if len(negative) > 3 else ''}) with torch.nn.init.zeros_: a negative bias keeps "
+                     "every unit below 0.")
+    return r.finding(layer.name, msg, evidence, fixes, Severity.ERROR)
 
 
 RULE = dead_relus

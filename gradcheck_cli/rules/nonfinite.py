@@ -46,6 +46,7 @@ def non_finite(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
         finds the backward op that produced a NaN (at 2-3x the cost).
     """
     out: list[Finding] = []
+    specific = _dtype_and_eps_fixes(stats)
     if stats.input_nonfinite:
         out.append(r.finding(None, f"The input batch itself contains {stats.input_nonfinite} NaN/Inf values.",
                              {"input_nonfinite_values": stats.input_nonfinite},
@@ -68,7 +69,7 @@ def non_finite(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
         else:
             msg = (f"NaN/Inf values appear {where} during forward, although the loss stays finite "
                    "(they are masked or reduced away).")
-        out.append(r.finding(layer_name, msg, evidence, _forward_fixes(fkind, fwd, where)))
+        out.append(r.finding(layer_name, msg, evidence, specific + _forward_fixes(fkind, fwd, where)))
     elif bwd is not None or param_layers:
         where, layer_name, evidence = _origin(bkind, bwd, "backward")
         if not where and param_layers:
@@ -93,10 +94,29 @@ def non_finite(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
             fixes.append(f"Look for sqrt, a fractional pow, norm or division at 0 just after {where.replace('at ', '', 1)}"
                          " in forward: the derivative of sqrt at 0 is inf and inf * 0 = NaN. Use torch.sqrt(x + 1e-12) "
                          "or F.normalize(x, eps=1e-12).")
+        fixes = specific + fixes
         fixes += ["Run one step under torch.autograd.detect_anomaly() to get the backward op's traceback.",
                   "Clip the gradient norm (torch.nn.utils.clip_grad_norm_) so one bad step cannot poison the weights."]
         out.append(r.finding(layer_name, msg, evidence, fixes))
     return out or nonfinite_findings(stats, r)   # step 0 was finite: when did training go NaN/Inf?
+
+
+def _dtype_and_eps_fixes(stats: RunStats) -> list[str]:
+    """Causes the statistics name outright: float16 overflow, normalisation layers with eps = 0."""
+    fixes = []
+    if stats.param_dtype == "float16":
+        fixes.append("The model runs in float16, whose largest value is 65504: activations, logits or the loss "
+                     "overflow to inf. Compute the loss in float32 (F.cross_entropy(logits.float(), y)), keep "
+                     "normalisation and softmax in float32, or train in bfloat16 / with torch.autocast and "
+                     "torch.cuda.amp.GradScaler instead of casting the model with .half().")
+    zero_eps = [l for l in stats.layers if l.norm_eps is not None and l.norm_eps == 0]
+    if zero_eps:
+        l = zero_eps[0]
+        fixes.append(f"{name(l.name)} ({l.type}) has eps=0"
+                     + (f" (and {len(zero_eps) - 1} more normalisation layers)" if len(zero_eps) > 1 else "")
+                     + ": on a constant input it divides 0 by 0. Give it an eps (nn.LayerNorm(d, eps=1e-5); in a "
+                     "Hugging Face config, layer_norm_eps / rms_norm_eps / batch_norm_eps).")
+    return fixes
 
 
 def _origin(kind: str | None, obj: Any, phase: str) -> tuple[str, str | None, dict[str, Any]]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from gradcheck_cli import stats as S
@@ -76,14 +77,36 @@ def saturated_activations(stats: RunStats, opts: dict[str, Any], r: Rule) -> lis
     else:
         fixes.append("Initialise the layers feeding them with torch.nn.init.xavier_normal_ (Glorot) so "
                      "pre-activations stay in the linear range.")
-    fixes.append(f"Replace {describe_group(bad)} with nn.ReLU / nn.LeakyReLU(0.01) / nn.ELU in hidden layers "
-                 "(keep sigmoid only for outputs and gates) and use kaiming_normal_ init.")
+    gates = [l for l in bad if is_gate(l)]
+    plain = [l for l in bad if l not in gates]
+    if gates:
+        evidence["gates"] = [l.name for l in gates]
+        fixes.append(f"{describe_group(gates)} {'are gates' if len(gates) > 1 else 'is a gate'} (squeeze-excite, LSTM/GRU "
+                     "or attention gate): keep the sigmoid, which is the gate's job, and bring its input back into "
+                     "range instead: initialise the layer computing the gate's logits with a small std (or zeros) "
+                     "and a bias of 0, or normalise its input.")
+    if plain:
+        fixes.append(f"Replace {describe_group(plain)} with nn.ReLU / nn.LeakyReLU(0.01) / nn.ELU in hidden layers "
+                     "(keep sigmoid only for outputs and gates) and use kaiming_normal_ init.")
     if not has_normalization(stats):
         fixes.append("Add nn.BatchNorm1d/2d or nn.LayerNorm before each saturating activation.")
     if first.index <= 2:
         fixes.append(f"Normalise the inputs (standardise, or scale pixels to [0, 1]): {name(first.name)} is "
                      "right after the input.")
     return [r.finding(first.name, msg, evidence, fixes, covers=[l.name for l in bad])]
+
+
+_GATE_PARTS = re.compile(r"(gate|gating|squeeze|excit|^se$|^se_|_se$|attn|attention|act_expand|sigmoid_gate)",
+                         re.IGNORECASE)
+
+
+def is_gate(layer: Any) -> bool:
+    """A sigmoid that gates something (squeeze-excite, LSTM/GRU or attention gates), judged by the names of
+    the layer and the modules around it."""
+    if layer.activation != S.SIGMOID:
+        return False
+    parts = layer.name.replace("@", ".").split(".")
+    return any(_GATE_PARTS.search(p) for p in parts) or "Gate" in layer.type or "SqueezeExcit" in layer.type
 
 
 RULE = saturated_activations

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from gradcheck_cli import stats as S
 from gradcheck_cli.findings import Finding, Severity
 from gradcheck_cli.rules._common import (
-    activation_layers, depth_ratio, describe_group, fmt, has_normalization, name, weight_layers,
+    NORM_TYPES, activation_layers, depth_ratio, describe_group, fmt, geo_median, has_normalization, name, signal_cut,
+    weight_layers, x_factor, xavier_std,
 )
 from gradcheck_cli.rules.base import Option, Rule, rule
 from gradcheck_cli.stats import RunStats
@@ -21,10 +23,15 @@ from gradcheck_cli.stats import RunStats
         Option("min_layers", 3, "layers with parameters needed before depth is judged"),
         Option("time_ratio", 1e-3, "recurrent layers: warn when earliest/latest per-step gradient is below this"),
         Option("min_time_steps", 10, "recurrent layers: sequence length needed before time is judged"),
+        Option("steady_ratio", 0.3, "sigmoid/tanh stacks: warn when the signal decays at every layer and "
+                                    "early/late is below this"),
+        Option("relative_speed", 1e-5, "a weight layer whose |grad|/|weight| is below this fraction of the "
+                                       "model's median is negligible (a warning when its weights are tiny)"),
+        Option("tiny_weights", 0.01, "weights whose std is below this fraction of the Xavier std are tiny"),
     ),
 )
 def vanishing_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
-    """The error signal shrinks geometrically on its way back to the first layers (or first time steps).
+    """The error signal shrinks geometrically on its way back to the first layers (or first time steps), or never arrives.
 
     What it does:
         Takes |dLoss/dOutput| of every layer that owns parameters, in forward order, and compares the
@@ -36,6 +43,21 @@ def vanishing_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
         weight gradient because weight-gradient norms multiply it by the activations, which can shrink
         forward as fast as the error signal shrinks backward, and then look flat.
 
+        Three more signs of the same problem. No learning signal at all: when every weight layer before some
+        point gets an exactly-zero gradient in every step while a later one learns, it reports an error
+        and locates the point, walking back from the loss to the first layer whose output gets a non-zero
+        gradient while the layer before it gets zero, and names the cause: a softmax over a dimension of
+        size 1 (always 1, gradient always 0), an argmax/round/comparison/detach/integer cast or a
+        multiplication by an all-zero tensor in forward, or inputs that vanished on the way forward (the
+        error signal arrives but the weight gradient, dL/dy times the input, underflows). A fully dead
+        ReLU layer as the cause is reported by dead-relus instead, and a zero-initialised layer after them
+        (a zero-init head) as info: that holds at step 0 only. Steady decay: in a sigmoid/tanh stack
+        without normalisation, a signal that shrinks at every layer to below `steady_ratio` (0.3) at the
+        first layers is Nielsen's vanishing gradient problem, a warning. Negligible weight gradients:
+        weight layers whose |grad|/|weight| is below `relative_speed` (1e-5) of the model's median, with
+        weights below `tiny_weights` (1%) of the Xavier std, are vanishing even when a residual stream
+        keeps |dL/dy| flat (with weights at a normal scale it is info).
+
     Why it matters:
         Backpropagation multiplies one factor per later layer (weight matrix times activation derivative);
         factors below 1 shrink the gradient geometrically, so layers near the input barely learn and the
@@ -46,14 +68,19 @@ def vanishing_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
     Example:
         A 10-layer MLP with nn.Sigmoid after every nn.Linear (examples/vanishing_sigmoid_mlp.py): the
         output gradient at `layers.0` is ~1e-7 of that at the last layer. A vanilla nn.RNN reading only
-        its last hidden state over 100 steps (examples/rnn_vanishing.py).
+        its last hidden state over 100 steps (examples/rnn_vanishing.py). A binary classifier with one
+        output and nn.Softmax(dim=1) after it (examples/softmax_single_output.py): no learning signal, an
+        error. A Llama built with initializer_range=1e-5 (benchmarks/hf_models.py:llama_init_1e_5):
+        q_proj's |grad|/|weight| is ~5e-7 of the model's median.
 
     Fix:
         Replace sigmoid/tanh in deep stacks with ReLU, LeakyReLU or ELU; initialise with He/Kaiming
         (torch.nn.init.kaiming_normal_) for ReLU-family and Glorot/Xavier for tanh/sigmoid; add
         BatchNorm/LayerNorm; add residual connections; for sequences use LSTM/GRU instead of nn.RNN,
         initialise the LSTM forget-gate bias to 1, and pool over all time steps instead of reading
-        only the last one.
+        only the last one. For no learning signal: remove the operation that has no gradient (use
+        sigmoid + BCE, or 2 outputs, instead of softmax over one; keep argmax/round out of the training
+        path), fix the zero mask, or restore the activations' scale (BatchNorm gammas at 1, He init).
 
     References:
         Nielsen, Neural Networks and Deep Learning, ch. 5; Glorot & Bengio 2010; He et al. 2015;
@@ -61,8 +88,14 @@ def vanishing_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
         AUTOTRAINER (ICSE'21) first/last gradient ratio < 1e-3.
     """
     findings: list[Finding] = []
+    cut = signal_cut(stats)
+    if cut is not None and cut["cause"] != "dead-relu":   # a fully dead ReLU layer: reported by dead-relus
+        findings.append(_no_signal(stats, cut, r))
+        findings.extend(_through_time(stats, opts, r))
+        return findings
     d = depth_ratio(stats, opts["min_layers"])
-    if d is not None and d["ratio"] < opts["ratio"]:
+    steady = _steady_saturating_decay(stats, d, opts)
+    if d is not None and (d["ratio"] < opts["ratio"] or steady):
         ratio, per_layer, profile = d["ratio"], d["per_layer"], d["profile"]
         sev = Severity.ERROR if ratio < opts["error_ratio"] else r.severity
         first = profile[0]
@@ -71,16 +104,179 @@ def vanishing_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
         if first.grad_norm is not None and first.weight_norm:
             evidence["first_layer_grad_to_weight"] = first.grad_norm / first.weight_norm
         e, l = evidence["early_output_grad_norm"], evidence["late_output_grad_norm"]
-        msg = (f"The error signal |dL/dy| at the first layers is {fmt(ratio)} of that at the last layers "
-               f"({fmt(e)} vs {fmt(l)}; x{fmt(per_layer)} per layer over {len(profile)} layers), "
-               f"so {name(first.name)} barely learns.")
-        findings.append(r.finding(first.name, msg, evidence, _depth_fixes(stats, profile, per_layer), sev))
+        on_stream = ratio < opts["ratio"] and not steady and d["best_ratio"] >= opts["ratio"]
+        if on_stream:
+            # Most early layers sit in residual branches scaled down by design (LayerScale, small-init
+            # branches) while a layer on the stream gets a normal signal: not the vanishing problem.
+            sev = Severity.INFO
+            evidence["best_early_ratio"] = d["best_ratio"]
+        if on_stream:
+            msg = (f"The error signal |dL/dy| of most early layers is {fmt(ratio)} of that at the last layers, but "
+                   f"the best-served early layer gets {fmt(d['best_ratio'])} of it: the decay is inside residual "
+                   "branches scaled down at init (e.g. LayerScale), which is their design, so this is context.")
+        elif steady and ratio >= opts["ratio"]:
+            evidence["steady_threshold"] = opts["steady_ratio"]
+            msg = (f"The error signal |dL/dy| shrinks at every layer of this sigmoid/tanh stack, to {fmt(ratio)} "
+                   f"at the first layers ({fmt(e)} vs {fmt(l)}; {x_factor(per_layer)} per layer over "
+                   f"{len(profile)} layers): {name(first.name)} learns {fmt(1 / ratio)} times slower than the last "
+                   "layers (Nielsen's vanishing gradient problem).")
+        else:
+            msg = (f"The error signal |dL/dy| at the first layers is {fmt(ratio)} of that at the last layers "
+                   f"({fmt(e)} vs {fmt(l)}; {x_factor(per_layer)} per layer over {len(profile)} layers), "
+                   f"so {name(first.name)} barely learns.")
+        fixes = (["Nothing to fix if the branch scales are deliberate (LayerScale, ReZero-style init); they grow "
+                  "in the first updates."] if on_stream else _depth_fixes(stats, profile, per_layer))
+        findings.append(r.finding(first.name, msg, evidence, fixes, sev))
+    if not any(f.severity.rank >= Severity.WARNING.rank for f in findings):
+        slow = _negligible_weight_grads(stats, opts)
+        if slow is not None:
+            f = _slow_finding(stats, slow, opts, r)
+            if f.severity.rank >= Severity.WARNING.rank:   # one cause, reported once: it explains the decay
+                findings = [x for x in findings if x.severity.rank >= Severity.WARNING.rank]
+            findings.append(f)
     findings.extend(_through_time(stats, opts, r))
     return findings
 
 
-def _depth_fixes(stats: RunStats, profile: list, per_layer: float) -> list[str]:
+def _steady_saturating_decay(stats: RunStats, d: dict | None, opts: dict[str, Any]) -> bool:
+    """Moderate but steady decay through a sigmoid/tanh stack (Nielsen ch. 5: each sigmoid layer passes at
+    most 1/4 of the signal): every layer's |dL/dy| below the next one's, early/late below `steady_ratio`,
+    and most hidden activations sigmoid/tanh. ReLU-family and normalised stacks are not judged this way."""
+    if d is None or d["ratio"] >= opts["steady_ratio"]:
+        return False
+    acts = [l for l in stats.layers if l.activation is not None]
+    saturating = [l for l in acts if l.activation in (S.SIGMOID, S.TANH)]
+    if not acts or len(saturating) * 2 < len(acts) or has_normalization(stats):
+        return False
+    g = [l.output_grad_norm for l in d["profile"]]
+    return all(a < b * 1.05 for a, b in zip(g, g[1:]))
+
+
+def _negligible_weight_grads(stats: RunStats, opts: dict[str, Any]) -> dict | None:
+    """Weight layers whose gradient is negligible against their own weights, relative to the rest of the
+    model (|g|/|w| below `relative_speed` times the median): they do not learn even when a residual stream
+    keeps |dL/dy| flat (a Llama built with initializer_range=1e-5: q_proj gradient ~1e-20)."""
+    speeds = [(l, l.grad_norm / l.weight_norm) for l in weight_layers(stats)
+              if l.grad_norm and l.weight_norm and math.isfinite(l.grad_norm) and math.isfinite(l.weight_norm)]
+    if len(speeds) < opts["min_layers"]:
+        return None
+    median = geo_median(v for _, v in speeds)
+    slow = [(l, v) for l, v in speeds if v < opts["relative_speed"] * median]
+    if not slow:
+        return None
+    return {"slow": slow, "median": median, "measured": len(speeds)}
+
+
+def _slow_finding(stats: RunStats, slow: dict, opts: dict[str, Any], r: Rule) -> Finding:
+    layers = slow["slow"]
+    worst, v = min(layers, key=lambda x: x[1])
+    tiny = [l for l, _ in layers if l.weight_rms is not None and l.fan_in and xavier_std(l)
+            and l.weight_rms < opts["tiny_weights"] * xavier_std(l)]
+    msg = (f"{len(layers)} of {slow['measured']} weight layers get a negligible gradient relative to their weights "
+           f"(worst {name(worst.name)}: |grad|/|weight| = {fmt(v)}, {fmt(v / slow['median'])} of the model's median "
+           f"{fmt(slow['median'])}): they will not learn, even though the error signal reaches them.")
+    evidence = {"relative_speed": {l.name: s for l, s in layers}, "median_relative_speed": slow["median"],
+                "threshold": opts["relative_speed"], "layers_measured": slow["measured"],
+                "grad_norm": {l.name: l.grad_norm for l, _ in layers},
+                "weight_rms": {l.name: l.weight_rms for l, _ in layers}}
     fixes = []
+    if tiny:
+        t = tiny[0]
+        fixes.append(f"Initialise the weights at a normal scale: {name(t.name)} has weight std {fmt(t.weight_rms)} "
+                     f"against {fmt(xavier_std(t))} for Xavier (for a Hugging Face model, initializer_range in the "
+                     "config, typically 0.02): products of tiny weights (e.g. attention scores q·k) have gradients "
+                     "that are tinier still.")
+    fixes.append("Initialise with torch.nn.init.xavier_normal_ / kaiming_normal_ (or the library's default "
+                 "init) so every layer's gradient is comparable to its weights.")
+    gamma_fix = _tiny_gamma_fix(stats)
+    if gamma_fix:   # the activations feeding them shrink through normalisation scales near 0: a cause in hand
+        evidence["tiny_norm_weights"] = {l.name: l.norm_weight_rms for l in stats.layers
+                                         if l.norm_weight_rms is not None and l.norm_weight_rms < 0.1}
+        return r.finding(worst.name, msg, evidence, gamma_fix + fixes)
+    if not tiny:
+        # Weights at a normal scale with a negligible gradient (e.g. attention keys whose scores do not yet
+        # depend on them): worth knowing, but calibration found it on stock architectures: not a failure.
+        msg += " Their weights are at a normal scale, so this is reported as context."
+        return r.finding(worst.name, msg, evidence, fixes[1:], Severity.INFO)
+    evidence["tiny_weights"] = [l.name for l in tiny]
+    return r.finding(worst.name, msg, evidence, fixes)
+
+
+def _no_signal(stats: RunStats, cut: dict, r: Rule) -> Finding:
+    """Every trainable layer upstream of a point gets an exactly-zero gradient: no learning signal."""
+    up, down, at, cause = cut["upstream"], cut["downstream"], cut["cut_layer"], cut["cause"]
+    n_up = sum(l.trainable_params for l in up)
+    total = sum(l.trainable_params for l in up + down) or 1
+    where = (f"at {name(at.name)} ({at.type})" if at is not None else "in the loss")
+    if cause == "other" and at is not None:
+        where = f"between {name(up[-1].name)} and {name(at.name)}"
+    last_zero = up[-1]
+    msg = (f"No learning signal: the {len(up)} weight layer{'s' if len(up) != 1 else ''} up to {name(last_zero.name)} "
+           f"({fmt(n_up / total * 100)}% of the trainable parameters) get an exactly-zero gradient in every step; "
+           f"the gradient dies {where}.")
+    evidence = {"upstream_layers": [l.name for l in up], "upstream_parameters": n_up,
+                "learning_layers": [l.name for l in down], "cut_at": at.name if at is not None else None,
+                "cut_type": at.type if at is not None else None, "cause": cause}
+    fixes = []
+    if cause == "softmax":
+        fixes.append(f"{name(at.name)} is a softmax over a dimension of size 1: its output is always 1 and its "
+                     "gradient always 0. For one output per example use torch.sigmoid with nn.BCEWithLogitsLoss "
+                     "(or nn.BCELoss), or give the last layer 2 outputs and use nn.CrossEntropyLoss.")
+    elif cause == "zero-weight":
+        msg = (f"{name(at.name)}'s weights are exactly zero (a zero-initialised output layer), so the "
+               f"{len(up)} weight layer{'s' if len(up) != 1 else ''} before it get an exactly-zero gradient at step 0 "
+               "only: the first update makes it non-zero. Not a defect; keep training those weights.")
+        fixes.append("Nothing to do if the zero init is deliberate (it is common for output heads and residual "
+                     "branches); do not freeze the layers before it.")
+        return r.finding(at.name, msg, evidence, fixes, Severity.INFO)
+    elif cause == "zero-input":
+        msg = (f"No learning signal: the {len(up)} weight layer{'s' if len(up) != 1 else ''} up to {name(last_zero.name)} "
+               f"({fmt(n_up / total * 100)}% of the trainable parameters) get an exactly-zero weight gradient in every "
+               f"step, although the error signal reaches them (|dL/dy| = {fmt(last_zero.output_grad_norm)} at "
+               f"{name(last_zero.name)}): their inputs are zero or so small that dL/dy times the input underflows. "
+               "The activations vanish on the way forward.")
+        norms = [l for l in up if any(t in l.type for t in NORM_TYPES)]
+        tiny_gamma = [l for l in norms if l.norm_weight_rms is not None and l.norm_weight_rms < 0.1]
+        small = [l for l in weight_layers(stats) if l in up and l.weight_rms and l.fan_in
+                 and l.weight_rms < 0.25 * (2.0 / l.fan_in) ** 0.5]
+        if tiny_gamma:
+            evidence["tiny_norm_weights"] = {l.name: l.norm_weight_rms for l in tiny_gamma}
+            fixes += _tiny_gamma_fix(stats)
+        elif norms:
+            fixes.append(f"Check the normalisation layers' scale (e.g. {name(norms[0].name)}): a BatchNorm/LayerNorm "
+                         "whose weight (gamma) is initialised near 0 instead of 1 multiplies the activations by it "
+                         "at every layer, and an eps larger than the activations' variance stops it from "
+                         "restoring their scale.")
+        if small:
+            w = small[0]
+            fixes.append(f"Initialise the weights at He scale: {name(w.name)} has std {fmt(w.weight_rms)} against "
+                         f"{fmt((2.0 / w.fan_in) ** 0.5)} for He (torch.nn.init.kaiming_normal_).")
+    elif cause == "loss":
+        fixes.append("The loss does not change with the model's output (it multiplies it by zero or compares it): "
+                     "check the loss function and the targets.")
+    else:
+        fixes.append(f"Look at the model's forward {where}: "
+                     "argmax, round, comparisons (>, ==), .detach(), .long()/.int() casts and torch.no_grad() have no "
+                     "gradient, a multiplication by an all-zero tensor (a zero mask, a zero-initialised scale) "
+                     "passes none, and torch.utils.checkpoint(..., use_reentrant=True) gives no gradient to the "
+                     "layers inside when none of its inputs requires grad (use use_reentrant=False).")
+    fixes.append("Check by hand: loss.backward() and print p.grad.abs().max() for the first layer; it must be > 0.")
+    return r.finding(at.name if at is not None else last_zero.name, msg, evidence, fixes, Severity.ERROR)
+
+
+def _tiny_gamma_fix(stats: RunStats) -> list[str]:
+    tiny = [l for l in stats.layers if l.norm_weight_rms is not None and l.norm_weight_rms < 0.1]
+    if not tiny:
+        return []
+    g = tiny[0]
+    return [f"{len(tiny)} normalisation layer{'s have' if len(tiny) > 1 else ' has'} a scale (gamma) near 0 (e.g. "
+            f"{name(g.name)}: RMS {fmt(g.norm_weight_rms)} instead of 1): each multiplies the activations by it, so "
+            "they shrink layer after layer. Initialise the gammas to 1 (torch.nn.init.ones_(bn.weight)); a "
+            "library that draws them from N(0, initializer_range) has an init bug."]
+
+
+def _depth_fixes(stats: RunStats, profile: list, per_layer: float) -> list[str]:
+    fixes = _tiny_gamma_fix(stats)
     sat = activation_layers(stats, S.SIGMOID, S.TANH)
     relu = activation_layers(stats, S.RELU)
     weights = weight_layers(stats)
@@ -97,7 +293,7 @@ def _depth_fixes(stats: RunStats, profile: list, per_layer: float) -> list[str]:
                       f"{fmt((2.0 / w.fan_in) ** 0.5)})")
         fixes.append(f"Initialise the {len(weights)} weight layers with torch.nn.init.kaiming_normal_(w, "
                      f"nonlinearity='relu') (He init, std = sqrt(2/fan_in)){detail}: PyTorch's default "
-                     f"init shrinks the signal in deep plain stacks; measured x{fmt(per_layer)} per layer.")
+                     f"init shrinks the signal in deep plain stacks; measured {x_factor(per_layer)} per layer.")
     if not has_normalization(stats):
         fixes.append(f"Add normalisation (nn.BatchNorm1d/2d after each Linear/Conv, or nn.LayerNorm) to the "
                      f"{len(weights)} weight layers so each layer's inputs keep unit scale.")
