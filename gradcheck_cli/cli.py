@@ -218,7 +218,7 @@ def check(
         "--fsdp", help="Under torchrun: shard the model with FSDP2 (fully_shard on each repeated block and the "
                        "root) instead of plain data parallel.")] = False,
     train_steps: Annotated[Optional[int], typer.Option(
-        "--train-steps", min=0, max=10_000, metavar="N",
+        "--train-steps", min=0, metavar="N",
         help="After the check, train a deep copy of the model for this many real steps "
              "(forward, loss, backward, optimizer step) and judge the trajectory; the model "
              "itself is left untouched [default:\u00a00, off].")] = None,

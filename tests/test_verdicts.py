@@ -155,7 +155,7 @@ def test_nielsen_sigmoid_net_is_vanishing():
     r = run(f"{CALIB}:nielsen_sigmoid_4hidden_mnist_like", batch=f"{CALIB}:nielsen_batch")
     f = only(r, "vanishing-gradients")
     assert f.severity is Severity.WARNING and f.layer == "0"
-    assert f.evidence["ratio"] < 0.3 and "steady_threshold" in f.evidence
+    assert f.evidence["early_late_ratio"] < 0.3 and "steady_threshold" in f.evidence
     assert "Nielsen" in f.message
 
 
@@ -168,7 +168,7 @@ def test_nielsen_healthy_twins(name):
 def test_short_vanilla_rnn_with_amplifying_w_hh_is_exploding_through_time():
     r = run(f"{EXAMPLES}/rnn_exploding.py:Net", input_shape=(8, 20, 16))
     f = only(r, "exploding-gradients")
-    assert f.evidence["time_ratio"] < 1e3, "the total is below the 1e3 threshold..."
+    assert f.evidence["time_grad_ratio"] < 1e3, "the total is below the 1e3 threshold..."
     assert f.evidence["weight_hh_sigma_max"] > 1 and f.evidence["per_step_factor"] > 1.05
     assert "per step" in f.message
 
