@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import gc
 import re
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -161,10 +161,18 @@ def run_passes(model: nn.Module, batches: Any, loss_fn: Any, *, steps: int, seed
     An exception leaving here has the locals of its finished frames cleared, so a caller that keeps it
     does not keep the pass's autograd graph (and activations) alive through its traceback.
     """
+    with measuring():
+        return _run_passes(model, batches, loss_fn, steps=steps, seed=seed, device=device, dist=dist)
+
+
+@contextmanager
+def measuring() -> Iterator[None]:
+    """Around gradcheck's own passes or steps: the cyclic GC paused (restored after), and an exception
+    leaving the block has its finished frames' locals cleared (release_frames)."""
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _run_passes(model, batches, loss_fn, steps=steps, seed=seed, device=device, dist=dist)
+        yield
     except BaseException as exc:
         release_frames(exc)
         raise

@@ -17,7 +17,6 @@ The user's model is never touched: only the copy trains, and it is dropped at th
 from __future__ import annotations
 
 import copy
-import gc
 import inspect
 import math
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from gradcheck_cli import stats as S
 from gradcheck_cli.deadline import set_phase
 from gradcheck_cli.errors import InputError, UserCodeError, exc_line
 from gradcheck_cli.measure import model_state
-from gradcheck_cli.measure.passes import Monitor, release_frames, user_error
+from gradcheck_cli.measure.passes import Monitor, measuring, user_error
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEFAULT_LR = {"sgd": 1e-2, "adam": 1e-3, "adamw": 1e-3}
@@ -155,16 +154,8 @@ class _ReluWatch:
 def rehearse(model: nn.Module, batches: Any, loss_fn: Any, *, train: TrainSettings, seed: int,
              device: torch.device, progress: Callable[[int, int], None] | None = None) -> tuple[S.Trajectory, list[str]]:
     """Train a deep copy of `model` for train.steps steps; return its trajectory and notes."""
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with measuring():   # GC paused, frames of an escaping exception released (as for the check's passes)
         return _rehearse(model, batches, loss_fn, train=train, seed=seed, device=device, progress=progress)
-    except BaseException as exc:
-        release_frames(exc)
-        raise
-    finally:
-        if gc_was_enabled:
-            gc.enable()
 
 
 def _rehearse(model: nn.Module, batches: Any, loss_fn: Any, *, train: TrainSettings, seed: int,
