@@ -26,3 +26,17 @@ def require(modules: tuple[str, ...], extra: str, pip_name: str):
         except ImportError:
             continue
     raise MissingFramework(f"{modules[0]} is not installed: pip install 'gradcheck[{extra}]' (or pip install {pip_name})")
+
+
+def lazy_callback(module_name: str, build):
+    """A module `__getattr__` that builds `GradcheckCallback` (importing the framework) on first access only."""
+    cache: dict[str, type] = {}
+
+    def __getattr__(name: str):
+        if name == "GradcheckCallback":
+            if name not in cache:
+                cache[name] = build()
+            return cache[name]
+        raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
+
+    return __getattr__

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradcheck_cli.integrations import require
+from gradcheck_cli.integrations import lazy_callback, require
 
 
 def _build() -> type:
@@ -110,15 +110,6 @@ def _loss_scale(trainer: Any) -> float:
     return 1.0
 
 
-_CACHE: dict[str, type] = {}
-
-
-def __getattr__(name: str) -> Any:
-    if name == "GradcheckCallback":
-        if name not in _CACHE:
-            _CACHE[name] = _build()
-        return _CACHE[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__getattr__ = lazy_callback(__name__, _build)
 
 __all__ = ["GradcheckCallback"]
