@@ -3,7 +3,7 @@
 `--help`, `--version`, `rules` and `explain` never import torch.
 """
 
-from __future__ import annotations
+
 
 import os
 import re
@@ -11,12 +11,12 @@ import sys
 from contextlib import contextmanager, redirect_stdout
 from enum import Enum
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Annotated, Iterator, List, Optional
 
 import typer
 from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
-from typing_extensions import Annotated
+
 
 from gradcheck_cli import __version__
 from gradcheck_cli.choices import DEVICES, FORMATS, PRECISIONS, SUFFIXES
