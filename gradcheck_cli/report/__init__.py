@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import tempfile
 from pathlib import Path
@@ -10,21 +11,28 @@ from typing import Any, Callable, TextIO
 
 from gradcheck_cli.choices import FORMATS, SUFFIXES
 from gradcheck_cli.findings import FailOn, ModelError, Report, Suite, error_document
-from gradcheck_cli.report import html, json_report, junit, markdown, sarif, text
 from gradcheck_cli.report.view import build_view
 
-RENDERERS: dict[str, Callable[..., None]] = {
-    "text": text.render,
-    "json": json_report.render,
-    "sarif": sarif.render,
-    "junit": junit.render,
-    "markdown": markdown.render,
-    "html": html.render,
+# Format -> the module whose `render` writes it, imported on first use (a run imports only the renderers it
+# writes with: html, junit's xml.etree and the rest stay out of a plain terminal run's start-up).
+RENDERERS: dict[str, str] = {
+    "text": "text",
+    "json": "json_report",
+    "sarif": "sarif",
+    "junit": "junit",
+    "markdown": "markdown",
+    "html": "html",
 }
 
 assert tuple(RENDERERS) == FORMATS, "gradcheck_cli.choices.FORMATS and the renderer table disagree"
 
-__all__ = ["RENDERERS", "SUFFIXES", "render", "write_file", "write_error_file", "error_document", "parse_output"]
+
+def renderer(fmt: str) -> Callable[..., None]:
+    """The `render` function of format `fmt` (a key of RENDERERS)."""
+    return importlib.import_module(f"gradcheck_cli.report.{RENDERERS[fmt]}").render
+
+
+__all__ = ["RENDERERS", "SUFFIXES", "render", "write_file", "write_error_file", "error_document", "parse_output", "renderer"]
 
 
 def render(results: Report | Suite, fmt: str, out: TextIO, *, color: bool | None = None, width: int | None = None,
@@ -32,7 +40,7 @@ def render(results: Report | Suite, fmt: str, out: TextIO, *, color: bool | None
     """Render in `fmt`. The per-layer view is built here, once per report, and every renderer reads it."""
     suite = Suite.of(results)
     views = [build_view(r) for r in suite.reports]
-    RENDERERS[fmt](suite, out, color=color, width=width, max_rows=max_rows, views=views)
+    renderer(fmt)(suite, out, color=color, width=width, max_rows=max_rows, views=views)
 
 
 def parse_output(value: str, default_format: str | None) -> tuple[str, Path]:
