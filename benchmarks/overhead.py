@@ -195,23 +195,19 @@ def _rss() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def peak_memory_child(index: int, variant: str, device_name: str) -> None:
-    """Run in a subprocess: setup, then K passes of one variant; print the memory they needed (bytes)."""
+def extra_memory(run: Callable[[], None], device: torch.device) -> int:
+    """Bytes `run()` needs above what is in use before it: the CUDA allocator's peak, or on the CPU the heap
+    bytes in use sampled every half millisecond while it runs. Prints nothing; for memory subprocesses."""
     import gc
     import threading
 
-    device = torch.device(device_name)
-    name, factory, shape = models()[index]
-    runs = make(factory(), shape, device)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        runs[variant]()
-        print(json.dumps({"extra": torch.cuda.max_memory_allocated() - base}))
-        return
-    # CPU: heap bytes in use, sampled every half millisecond during the passes, minus the amount before.
+        run()
+        return torch.cuda.max_memory_allocated() - base
     measure, _ = _heap_in_use()
     base = measure()
     peak = [base]
@@ -224,10 +220,18 @@ def peak_memory_child(index: int, variant: str, device_name: str) -> None:
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
-    runs[variant]()
+    run()
     done.set()
     t.join()
-    print(json.dumps({"extra": max(peak[0], measure()) - base}))
+    return max(peak[0], measure()) - base
+
+
+def peak_memory_child(index: int, variant: str, device_name: str) -> None:
+    """Run in a subprocess: setup, then K passes of one variant; print the memory they needed (bytes)."""
+    device = torch.device(device_name)
+    name, factory, shape = models()[index]
+    runs = make(factory(), shape, device)
+    print(json.dumps({"extra": extra_memory(runs[variant], device)}))
 
 
 def peak_memory(index: int, device: torch.device) -> float | None:

@@ -24,7 +24,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -98,9 +97,7 @@ def time_it(fn, device) -> float:
 
 
 def memory_child(index: int, variant: str, device_name: str, steps: int) -> None:
-    import gc
-
-    from overhead import _heap_in_use
+    from overhead import extra_memory
 
     device = torch.device(device_name)
     name, factory, shape = models()[index]
@@ -108,30 +105,7 @@ def memory_child(index: int, variant: str, device_name: str, steps: int) -> None
     model = factory().to(device)
     runs = make(model, shape, device, steps)
     make(model, shape, device, 1)[variant]()   # warm-up: one-off imports and caches are not the run's memory
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        runs[variant]()
-        print(json.dumps({"extra": torch.cuda.max_memory_allocated() - base}))
-        return
-    measure, _ = _heap_in_use()
-    base = measure()
-    peak = [base]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], measure())
-            time.sleep(0.0005)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    runs[variant]()
-    done.set()
-    t.join()
-    print(json.dumps({"extra": max(peak[0], measure()) - base}))
+    print(json.dumps({"extra": extra_memory(runs[variant], device)}))
 
 
 def memory(index: int, device: torch.device, steps: int) -> dict | None:
