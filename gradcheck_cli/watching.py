@@ -201,7 +201,22 @@ class Watch:
                              model_class=type(model).__name__, settings=settings, fail_on=self.fail_on,
                              timings=timings, notes=notes)
         report.model["source"] = where
+        report.run["distributed"] = self.distribution()
         return report
+
+    def distribution(self) -> dict[str, Any] | None:
+        """run.distributed, as in the torchrun check: world_size, backend, strategy ("fsdp" when the
+        gradients are FSDP2 shards, else "ddp"), and the rank that saw NaN/Inf first; None for one process."""
+        ranks = self.monitor.ranks
+        if ranks is None:
+            return None
+        mon = self.monitor.mon
+        d: dict[str, Any] = {"world_size": ranks.world, "backend": ranks.backend,
+                             "strategy": "fsdp" if getattr(mon, "grads", None) == "sharded" else "ddp"}
+        onset = getattr(mon, "onset_rank", None) or {}
+        if any(v is not None for v in onset.values()):
+            d["first_nonfinite_rank"] = dict(onset)
+        return d
 
     def close(self) -> Report:
         """Remove the hooks, build the report, write every `output` (rank 0 only under DDP) and return it.
