@@ -109,12 +109,14 @@ class Watch:
         """Close a step: after the backward (all of its micro-batches), before the optimizer step.
         `loss`: the step's loss (a tensor or a float); `grad_scale`: the loss scale of an AMP backward (a
         float or the GradScaler), `grads_unscaled=True` when `scaler.unscale_(optimizer)` already ran.
-        Returns {step, measured, diagnosis, loss, nonfinite, findings}. With `stop_on`, raises
+        Returns {step, measured, diagnosis, loss, nonfinite, grad_norm (the global gradient norm of a
+        measured step, else None), findings}. With `stop_on`, raises
         GradcheckStop after writing the report when a finding at that severity appears."""
         if self._report is not None:
             raise RuntimeError("this gradcheck monitor is closed")
         info = self.monitor.step(loss, grad_scale=grad_scale, grads_unscaled=grads_unscaled)
-        info.pop("summary", None)
+        summary = info.pop("summary", None)
+        info["grad_norm"] = summary["total_grad_norm"] if summary else None   # the global norm, measured steps
         if info["measured"] or info["nonfinite"]:
             self.evaluate()
         info["findings"] = self.findings
