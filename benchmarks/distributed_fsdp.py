@@ -94,6 +94,9 @@ def main() -> None:
                     help="cuda: NCCL under torchrun (LOCAL_RANK's GPU); memory then from torch.cuda")
     ap.add_argument("--phases", action="store_true",
                     help="also print the peak resident set in each phase of the passes (a sampling thread)")
+    ap.add_argument("--units", choices=["blocks-leaves-root", "blocks-root"], default="blocks-leaves-root",
+                    help="FSDP2 units: gradcheck's --fsdp (blocks, large untied leaves, root), or the blocks and "
+                         "the root only (for comparison)")
     args = ap.parse_args()
 
     import torch
@@ -118,6 +121,18 @@ def main() -> None:
     if device.type == "cuda":
         model.to(device)
     driver = None
+    if ctx is not None and args.units == "blocks-root":
+        def blocks_and_root(model, ctx):
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh("cuda" if ctx.backend == "nccl" else "cpu", (ctx.world_size,))
+            for block in model.model.layers:
+                fully_shard(block, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+            ctx.strategy = "fsdp"
+            return model
+        distributed.shard = blocks_and_root
     if ctx is not None:
         model = distributed.prepare_model(model, ctx, device)
         source = distributed.RankBatches(source, ctx)
@@ -139,7 +154,7 @@ def main() -> None:
     peak = status("VmHWM") if device.type == "cpu" else torch.cuda.max_memory_allocated() / 2**30
     rank = ctx.rank if ctx else 0
     world = ctx.world_size if ctx else 1
-    print(f"rank {rank}/{world} {ctx.strategy if ctx else 'single'} preset {args.preset} params {n_params / 1e9:.3f}e9 "
+    print(f"rank {rank}/{world} {ctx.strategy if ctx else 'single'} {args.units if ctx and ctx.fsdp else ''} preset {args.preset} params {n_params / 1e9:.3f}e9 "
           f"batch {args.batch}x{args.seq} steps {args.steps}: passes {report.timings['passes_s']:.1f} s, "
           f"rss_model {rss_model:.2f} GiB, peak_passes {peak:.2f} GiB, "
           f"findings {[f.code for f in report.findings]}, total_grad_norm {report.run['total_grad_norm']:.6g}",

@@ -192,12 +192,20 @@ DDP_SCRIPT = textwrap.dedent("""
     if mode == "ddp":
         dist.init_process_group("gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
+        CASES.append(("fsdp_mlp", M.mlp, mlp_batch))   # FSDP2: sharded .grad, read from the local shards
     result = {}
     for name, build, batch in CASES:
         torch.manual_seed(0)
         model = build()
         x = batch()
-        if mode == "ddp":
+        if mode == "ddp" and name.startswith("fsdp_"):
+            from torch.distributed.fsdp import fully_shard
+            for layer in model:
+                if isinstance(layer, nn.Linear):
+                    fully_shard(layer)
+            ddp = fully_shard(model)
+            x = x.tensor_split(world)[rank]
+        elif mode == "ddp":
             ddp = nn.parallel.DistributedDataParallel(model)
             x = x.tensor_split(world)[rank]     # this rank's half of the global batch
         else:
@@ -240,7 +248,8 @@ def test_ddp_two_ranks_reduce_to_the_single_process_statistics(tmp_path):
     (measure.distributed.reduce_record): per-layer parameter- and output-gradient norms and the loss equal one
     process on the whole batch (a sum instead of rank 0's DDP gradients, or output gradients divided by N
     instead of N**2, would be off by sqrt(2)); a ReLU unit is dead only if dead on both ranks (DeadHalf: 2 of
-    4, each rank alone sees 3); NaN only in rank 1's half is found and rank 1 named as where it started."""
+    4, each rank alone sees 3); NaN only in rank 1's half is found and rank 1 named as where it started. The
+    same MLP sharded with FSDP2 (each rank holds half of every gradient) gives the same per-layer norms."""
     script = tmp_path / "ddp_watch.py"
     script.write_text(DDP_SCRIPT)
     models = str(ROOT / "tests" / "data")
@@ -254,10 +263,11 @@ def test_ddp_two_ranks_reduce_to_the_single_process_statistics(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0] == ranks[1]                      # every rank has the reduced statistics
     ddp = ranks[0]
-    for name in ("mlp", "DeadHalf", "SqrtNaN"):
-        a, b = single[name], ddp[name]
+    for name in ("mlp", "DeadHalf", "SqrtNaN", "fsdp_mlp"):
+        a, b = single[name.removeprefix("fsdp_")], ddp[name]
         assert a["distributed"] is None
-        assert b["distributed"]["world_size"] == 2 and b["distributed"]["strategy"] == "ddp", name
+        strategy = "fsdp" if name.startswith("fsdp_") else "ddp"
+        assert b["distributed"]["world_size"] == 2 and b["distributed"]["strategy"] == strategy, name
         assert _approx(a["total"], b["total"]), (name, a["total"], b["total"])
         assert all(_approx(x, y) for x, y in zip(a["loss"], b["loss"])), (name, a["loss"], b["loss"])
         assert a["first_nonfinite_forward"] == b["first_nonfinite_forward"], name
