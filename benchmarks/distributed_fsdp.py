@@ -46,6 +46,43 @@ def reset_peak() -> None:
         pass
 
 
+class PhaseSampler:
+    """--phases: a thread reading VmRSS every `interval` s, keeping the highest value seen in each of
+    gradcheck's phases (deadline.phase(): batch, forward, loss, backward, analysis...)."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        import threading
+
+        from gradcheck_cli import deadline
+
+        self.peaks: dict[str, float] = {}
+        self.order: list[str] = []
+        self.stop = threading.Event()
+        self.deadline = deadline
+        self.interval = interval
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            ph = self.deadline.phase()
+            rss = status("VmRSS")
+            if ph not in self.peaks:
+                self.order.append(ph)
+            self.peaks[ph] = max(self.peaks.get(ph, 0.0), rss)
+            self.stop.wait(self.interval)
+
+    def __enter__(self) -> "PhaseSampler":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def line(self) -> str:
+        return ", ".join(f"{ph} {self.peaks[ph]:.2f}" for ph in self.order)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", choices=sorted(PRESETS), default="1b")
@@ -55,6 +92,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                     help="cuda: NCCL under torchrun (LOCAL_RANK's GPU); memory then from torch.cuda")
+    ap.add_argument("--phases", action="store_true",
+                    help="also print the peak resident set in each phase of the passes (a sampling thread)")
+    ap.add_argument("--units", choices=["blocks-leaves-root", "blocks-root"], default="blocks-leaves-root",
+                    help="FSDP2 units: gradcheck's --fsdp (blocks, large untied leaves, root), or the blocks and "
+                         "the root only (for comparison)")
     args = ap.parse_args()
 
     import torch
@@ -79,6 +121,18 @@ def main() -> None:
     if device.type == "cuda":
         model.to(device)
     driver = None
+    if ctx is not None and args.units == "blocks-root":
+        def blocks_and_root(model, ctx):
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh("cuda" if ctx.backend == "nccl" else "cpu", (ctx.world_size,))
+            for block in model.model.layers:
+                fully_shard(block, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+            ctx.strategy = "fsdp"
+            return model
+        distributed.shard = blocks_and_root
     if ctx is not None:
         model = distributed.prepare_model(model, ctx, device)
         source = distributed.RankBatches(source, ctx)
@@ -91,15 +145,22 @@ def main() -> None:
         rss_model = torch.cuda.memory_allocated() / 2**30
         torch.cuda.reset_peak_memory_stats()
     s = Settings(model=f"llama-{args.preset}", steps=args.steps, device=device.type)
-    report = check_loaded(model, source, losses.resolve(None), s, device, t0, dist=driver)
+    sampler = PhaseSampler() if args.phases and device.type == "cpu" else None
+    if sampler is not None:
+        with sampler:
+            report = check_loaded(model, source, losses.resolve(None), s, device, t0, dist=driver)
+    else:
+        report = check_loaded(model, source, losses.resolve(None), s, device, t0, dist=driver)
     peak = status("VmHWM") if device.type == "cpu" else torch.cuda.max_memory_allocated() / 2**30
     rank = ctx.rank if ctx else 0
     world = ctx.world_size if ctx else 1
-    print(f"rank {rank}/{world} {ctx.strategy if ctx else 'single'} preset {args.preset} params {n_params / 1e9:.3f}e9 "
+    print(f"rank {rank}/{world} {ctx.strategy if ctx else 'single'} {args.units if ctx and ctx.fsdp else ''} preset {args.preset} params {n_params / 1e9:.3f}e9 "
           f"batch {args.batch}x{args.seq} steps {args.steps}: passes {report.timings['passes_s']:.1f} s, "
           f"rss_model {rss_model:.2f} GiB, peak_passes {peak:.2f} GiB, "
           f"findings {[f.code for f in report.findings]}, total_grad_norm {report.run['total_grad_norm']:.6g}",
           flush=True)
+    if sampler is not None:
+        print(f"rank {rank}: peak RSS by phase (GiB): {sampler.line()}", flush=True)
     distributed.finish(ctx)
 
 

@@ -363,7 +363,15 @@ def _check_one_with(s, suite, target: dict, verbose: bool, single: bool, progres
 
     from gradcheck_cli.deadline import SecondInterrupt
 
+    from gradcheck_cli import distributed
+
     target["started"] = True
+    ctx = distributed.current()
+    if ctx is not None:   # torchrun's SIGTERM after another rank failed: rank 0 still writes the report
+        distributed.on_terminated = lambda rank=ctx.rank: _write_error(target, s.model, {
+            "type": "user-code", "phase": _phase_now(True), "where": None, "exit_code": 3,
+            "message": f"rank {rank}: another rank ended during the {_phase_now(True)} phase",
+            "hint": "its own error is the `error: rank R: ...` line in the launcher's output"})
     try:
         # What the model prints goes to stderr: stdout carries the report alone (a JSON/SARIF/JUnit
         # document stays valid). A second Ctrl-C stops at once, also inside a native call.

@@ -12,8 +12,9 @@
 - Strategy "ddp": a plain model (or one wrapped in DistributedDataParallel, measured through its
   `.module`, so names carry no `module.` prefix) runs on every rank; gradients come from
   torch.autograd.grad and are averaged across ranks by one all-reduce per bucket, as DDP does.
-  Strategy "fsdp": `--fsdp` shards the model with FSDP2 `fully_shard` on every child of an
-  nn.ModuleList (the repeated blocks) and the root; a model already sharded with FSDP2 is used as it is.
+  Strategy "fsdp": `--fsdp` shards the model with FSDP2 `fully_shard` (`shard`: every child of an
+  nn.ModuleList (the repeated blocks), every large untied leaf outside them (embeddings, LM head), and the
+  root); a model already sharded with FSDP2 is used as it is.
   Gradients come from loss.backward() (FSDP2's reduce-scatter averages them into sharded .grad),
   read from the local shards, and cleared.
 - The statistics of each step are reduced in measure/distributed.py, each with its own op.
@@ -119,10 +120,22 @@ def start(fsdp: bool, device: str | None, timeout: float | None) -> Context:
     if backend == "nccl":
         ctx.device = torch.device("cuda", local_rank)
     _current = ctx
-    # torchrun ends the other ranks with SIGTERM when one fails: they exit with the same code, 3.
+    # torchrun ends the other ranks with SIGTERM when one fails: they exit with the same code, 3 (rank 0
+    # first writes the error report, `on_terminated`, so that a CI gate reading --output finds one).
     if threading_main():
-        signal.signal(signal.SIGTERM, lambda *_: os._exit(3))
+        signal.signal(signal.SIGTERM, _terminated)
     return ctx
+
+
+on_terminated: Any = None   # set by the CLI around a model's check: writes rank 0's error report
+
+
+def _terminated(*_: Any) -> None:
+    try:
+        if on_terminated is not None:
+            on_terminated()
+    finally:
+        os._exit(3)
 
 
 def threading_main() -> bool:
@@ -240,22 +253,46 @@ def prepare_model(model: Any, ctx: Context, device: Any) -> Any:
     if device is not None and ctx.device is not None:
         model.to(ctx.device)
     if ctx.fsdp:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-
-        dev_type = "cuda" if ctx.backend == "nccl" else "cpu"
-        mesh = init_device_mesh(dev_type, (ctx.world_size,))
-        blocks = [child for m in model.modules() if isinstance(m, nn.ModuleList) for child in m.children()
-                  if any(True for _ in child.parameters())]
-        for block in blocks:
-            fully_shard(block, mesh=mesh)
-        fully_shard(model, mesh=mesh)
-        ctx.strategy = "fsdp"
-        return model
+        return shard(model, ctx)
     ctx.strategy = "ddp"
     with torch.no_grad():
         for t in list(model.parameters()) + list(model.buffers()):
             dist.broadcast(t.data, src=0)
+    return model
+
+
+def shard(model: Any, ctx: Context | None = None) -> Any:
+    """What --fsdp does (also callable from a build() under torchrun, with ctx=None: the current run's):
+    FSDP2 `fully_shard` on every repeated block (each child of an nn.ModuleList), on every large module
+    outside them that holds its own parameters untied to any other module (embeddings, an LM head: at
+    least 5% of the parameters), and on the root. Each unit is gathered only while it is used: the large
+    leaves in their own units are freed after their forward and backward instead of staying gathered
+    with the root's from the first forward to the end of the backward."""
+    import torch.nn as nn
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    ctx = ctx or current()
+    if ctx is None:
+        raise InputError("distributed.shard() needs a torchrun run (the process group gradcheck started)")
+    dev_type = "cuda" if ctx.backend == "nccl" else "cpu"
+    mesh = init_device_mesh(dev_type, (ctx.world_size,))
+    blocks = [child for m in model.modules() if isinstance(m, nn.ModuleList) for child in m.children()
+              if any(True for _ in child.parameters())]
+    in_blocks = {id(m) for b in blocks for m in b.modules()}
+    owners: dict[int, int] = {}   # parameter -> how many modules register it (tied weights: several)
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    total = sum(p.numel() for p in model.parameters())
+    leaves = [m for m in model.modules() if m is not model and id(m) not in in_blocks
+              and not any(True for _ in m.children())
+              and (own := list(m.parameters(recurse=False)))
+              and all(owners[id(p)] == 1 for p in own) and sum(p.numel() for p in own) >= 0.05 * total]
+    for unit in blocks + leaves:
+        fully_shard(unit, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    ctx.strategy = "fsdp"
     return model
 
 

@@ -47,6 +47,8 @@ def object_location(obj: Any) -> dict[str, Any] | None:
     target = obj if isinstance(obj, type) or callable(obj) and not hasattr(obj, "forward") else type(obj)
     try:
         path = inspect.getsourcefile(target)
+        if not is_user_file(path):   # before reading the source: a library's module can be long to parse
+            return None
         _, line = inspect.getsourcelines(target)
     except (OSError, TypeError):
         code = _code_of(target)

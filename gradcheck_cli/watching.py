@@ -109,12 +109,14 @@ class Watch:
         """Close a step: after the backward (all of its micro-batches), before the optimizer step.
         `loss`: the step's loss (a tensor or a float); `grad_scale`: the loss scale of an AMP backward (a
         float or the GradScaler), `grads_unscaled=True` when `scaler.unscale_(optimizer)` already ran.
-        Returns {step, measured, diagnosis, loss, nonfinite, findings}. With `stop_on`, raises
+        Returns {step, measured, diagnosis, loss, nonfinite, grad_norm (the global gradient norm of a
+        measured step, else None), findings}. With `stop_on`, raises
         GradcheckStop after writing the report when a finding at that severity appears."""
         if self._report is not None:
             raise RuntimeError("this gradcheck monitor is closed")
         info = self.monitor.step(loss, grad_scale=grad_scale, grads_unscaled=grads_unscaled)
-        info.pop("summary", None)
+        summary = info.pop("summary", None)
+        info["grad_norm"] = summary["total_grad_norm"] if summary else None   # the global norm, measured steps
         if info["measured"] or info["nonfinite"]:
             self.evaluate()
         info["findings"] = self.findings
@@ -201,7 +203,22 @@ class Watch:
                              model_class=type(model).__name__, settings=settings, fail_on=self.fail_on,
                              timings=timings, notes=notes)
         report.model["source"] = where
+        report.run["distributed"] = self.distribution()
         return report
+
+    def distribution(self) -> dict[str, Any] | None:
+        """run.distributed, as in the torchrun check: world_size, backend, strategy ("fsdp" when the
+        gradients are FSDP2 shards, else "ddp"), and the rank that saw NaN/Inf first; None for one process."""
+        ranks = self.monitor.ranks
+        if ranks is None:
+            return None
+        mon = self.monitor.mon
+        d: dict[str, Any] = {"world_size": ranks.world, "backend": ranks.backend,
+                             "strategy": "fsdp" if getattr(mon, "grads", None) == "sharded" else "ddp"}
+        onset = getattr(mon, "onset_rank", None) or {}
+        if any(v is not None for v in onset.values()):
+            d["first_nonfinite_rank"] = dict(onset)
+        return d
 
     def close(self) -> Report:
         """Remove the hooks, build the report, write every `output` (rank 0 only under DDP) and return it.

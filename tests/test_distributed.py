@@ -1,6 +1,12 @@
 """gradcheck under a real `torchrun --nproc-per-node 2` (gloo, CPU): the 2-rank report equals the
-1-process report on the same global batch; --fsdp equals plain data parallel; a rank that raises ends
-both ranks with exit 3. Three torchrun launches in all (several models per launch via `models:`)."""
+1-process report on the same global batch; FSDP2 (gradcheck's --fsdp sharding) equals plain data parallel;
+a rank that raises ends both ranks with exit 3.
+
+Three launches in all (process start and the imports of torch and transformers in every rank dominate the
+time, not the checks): one process; one torchrun with every model twice, plain (data parallel) and sharded
+by its build() with `distributed.shard`, the function --fsdp calls (a model already sharded with FSDP2 is
+measured as it is); one torchrun with `--fsdp` in which rank 1 raises (the flag's own path).
+"""
 
 from __future__ import annotations
 
@@ -32,6 +38,12 @@ def _env() -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200", PYTHONHASHSEED="0")
     env.pop("WORLD_SIZE", None)
     return env
+
+
+def _fsdp(spec: dict) -> dict:
+    """The same model built sharded (tests/data/distributed_models.py: fsdp_<name>)."""
+    path, name = spec["model"].rsplit(":", 1)
+    return dict(spec, model=f"{path}:fsdp_{name}")
 
 
 def _config(tmp_path: Path, models: list[dict]) -> Path:
@@ -86,16 +98,22 @@ def _same_report(one: dict, dist: dict) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
-    """One process, 2 ranks data parallel, 2 ranks --fsdp: each a combined JSON report of every model."""
+    """One process, and 2 ranks with every model plain (ddp) then sharded (fsdp): combined JSON reports."""
     tmp = tmp_path_factory.mktemp("dist")
-    _config(tmp, MODELS)
+    one_dir, dist_dir = tmp / "one", tmp / "dist"
+    one_dir.mkdir()
+    dist_dir.mkdir()
+    _config(one_dir, MODELS)
+    _config(dist_dir, MODELS + [_fsdp(m) for m in MODELS])
     out = {}
-    for name, run in (("one", _single), ("ddp", _torchrun), ("fsdp", _torchrun)):
-        extra = ["--fsdp"] if name == "fsdp" else []
-        proc = run("-o", f"json:{name}.json", *extra, cwd=tmp)
+    for name, run, cwd in (("one", _single, one_dir), ("dist", _torchrun, dist_dir)):
+        proc = run("-o", f"json:{name}.json", cwd=cwd)
         assert proc.returncode == 0, (name, proc.stdout[-2000:], proc.stderr[-3000:])
-        out[name] = json.loads((tmp / f"{name}.json").read_text())
+        out[name] = json.loads((cwd / f"{name}.json").read_text())
         out[name + "_proc"] = proc
+    reports = out["dist"]["reports"]
+    out["ddp"], out["fsdp"] = {"reports": reports[:len(MODELS)]}, {"reports": reports[len(MODELS):]}
+    out["ddp_proc"] = out["dist_proc"]
     return out
 
 
@@ -112,8 +130,10 @@ def test_two_ranks_equal_one_process(runs):
 
 def test_fsdp_equals_data_parallel(runs):
     ddp, fsdp = runs["ddp"]["reports"], runs["fsdp"]["reports"]
+    assert len(fsdp) == len(MODELS)
     for a, b in zip(ddp, fsdp):
         assert b["run"]["distributed"]["strategy"] == "fsdp"
+        assert b["model"]["spec"].rsplit(":", 1)[1] == "fsdp_" + a["model"]["spec"].rsplit(":", 1)[1]
         _same_report(a, b)
 
 
@@ -133,14 +153,21 @@ def test_rank0_alone_writes_and_prints(runs):
     """Rank 0 renders; the text header names the distribution; nothing is printed twice."""
     proc = runs["ddp_proc"]
     assert proc.stdout.count("2 ranks (gloo, ddp)") == len(MODELS)
+    assert proc.stdout.count("2 ranks (gloo, fsdp)") == len(MODELS)
     assert "error:" not in proc.stderr
 
 
 def test_one_rank_raising_ends_both_with_exit_3(tmp_path):
-    proc = _torchrun(f"{DATA}:RaisesOnRank1", "--input-shape", "8,16", "-o", "json:r.json", cwd=tmp_path,
+    """With --fsdp: the flag's own path (distributed.start with fsdp, prepare_model shards) up to the forward."""
+    proc = _torchrun(f"{DATA}:RaisesOnRank1", "--input-shape", "8,16", "--fsdp", "-o", "json:r.json", cwd=tmp_path,
                      timeout=240)
     assert proc.returncode != 0
     assert "error: rank 1: forward failed" in proc.stderr and "boom on rank 1" in proc.stderr
     assert proc.stderr.count("error: rank") == 1   # rank 0 only lost its peer: it prints nothing
     codes = [int(c) for c in re.findall(r"exitcode\s*:\s*(-?\d+)", proc.stderr)]
     assert codes and all(c == 3 for c in codes), proc.stderr[-3000:]
+    assert proc.returncode == 1   # torchrun's own code for "a worker failed", whatever the workers' codes
+    # What a CI gate reads instead: rank 0's report, written although rank 0 itself only lost its peer.
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["summary"]["exit_code"] == 3 and doc["summary"]["verdict"] == "error"
+    assert "rank 0: another rank ended" in doc["error"]["message"] or "rank 1:" in doc["error"]["message"]

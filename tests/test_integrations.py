@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -302,3 +303,28 @@ def test_trainer_under_torchrun_two_cpu_ranks(tmp_path):
     # the global batch's mean token loss, about ln(64) = 4.16 untrained (not half of it, nor twice)
     assert len(ranks[0]["loss"]) == 2 and all(3.5 < v < 4.5 for v in ranks[0]["loss"])
     assert json.loads((tmp_path / "report.json").read_text())["summary"]["verdict"] == "pass"
+
+
+def test_clip_with_the_measured_norm_equals_torch_clipping():
+    """The Trainer callback clips a measured step's gradients with the norm it measured (one pass fewer):
+    the same result as torch.nn.utils.clip_grad_norm_, clipping or not, and torch's own on a NaN norm."""
+    from gradcheck_cli.integrations.transformers import clip_with_norm
+
+    for max_norm in (0.05, 1e3):
+        torch.manual_seed(0)
+        a = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 2))
+        b = copy.deepcopy(a)
+        x = torch.randn(4, 8)
+        for m in (a, b):
+            m(x).pow(2).sum().backward()
+        norm = torch.nn.utils.clip_grad_norm_(a.parameters(), max_norm)
+        clip_with_norm(b.parameters(), max_norm, float(norm))
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            assert torch.allclose(pa.grad, pb.grad, rtol=1e-6, atol=0), max_norm
+        after = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in b.parameters()]))
+        assert float(after) == pytest.approx(min(float(norm), max_norm), rel=1e-5)   # clipped, or left as it was
+    b.zero_grad()
+    b(x).pow(2).sum().backward()
+    before = [p.grad.clone() for p in b.parameters()]
+    clip_with_norm(b.parameters(), 1e-3, float("nan"))   # falls back to torch: it computes the norm itself
+    assert all(torch.linalg.vector_norm(p.grad) < torch.linalg.vector_norm(g) for p, g in zip(b.parameters(), before))

@@ -177,40 +177,56 @@ def test_watch_function_is_not_shadowed_by_its_module():
 
 
 DDP_SCRIPT = textwrap.dedent("""
-    import json, os, sys
+    import json, sys
     import torch, torch.distributed as dist, torch.nn as nn
     import gradcheck_cli
 
-    def build():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    sys.path.insert(0, sys.argv[3])
+    import distributed_models as M   # tests/data: the torchrun check's models (rank-dependent halves)
 
-    g = torch.Generator().manual_seed(1)
-    X, Y = torch.randn(64, 16, generator=g), torch.randint(0, 4, (64,), generator=g)
-    out = sys.argv[1]
-    if sys.argv[2] == "single":
-        model = build()
-        mon = gradcheck_cli.watch(model, every=1)
-        loss = nn.functional.cross_entropy(model(X), Y)
-        loss.backward()
-        mon.step(loss)
-        r = mon.close()
-    else:
+    def mlp_batch():
+        return torch.randn(16, 16, generator=torch.Generator().manual_seed(1))
+
+    CASES = [("mlp", M.mlp, mlp_batch), ("DeadHalf", M.DeadHalf, M.dead_batch), ("SqrtNaN", M.SqrtNaN, M.nan_batch)]
+    out, mode = sys.argv[1], sys.argv[2]
+    if mode == "ddp":
         dist.init_process_group("gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
+        CASES.append(("fsdp_mlp", M.mlp, mlp_batch))   # FSDP2: sharded .grad, read from the local shards
+    result = {}
+    for name, build, batch in CASES:
+        torch.manual_seed(0)
         model = build()
-        ddp = nn.parallel.DistributedDataParallel(model)
-        mon = gradcheck_cli.watch(model, every=1, output=[f"json:{out}/report.json"])
-        n = len(X) // world
-        loss = nn.functional.cross_entropy(ddp(X[rank * n:(rank + 1) * n]), Y[rank * n:(rank + 1) * n])
-        loss.backward()
-        mon.step(loss)
+        x = batch()
+        if mode == "ddp" and name.startswith("fsdp_"):
+            from torch.distributed.fsdp import fully_shard
+            for layer in model:
+                if isinstance(layer, nn.Linear):
+                    fully_shard(layer)
+            ddp = fully_shard(model)
+            x = x.tensor_split(world)[rank]
+        elif mode == "ddp":
+            ddp = nn.parallel.DistributedDataParallel(model)
+            x = x.tensor_split(world)[rank]     # this rank's half of the global batch
+        else:
+            ddp = model
+        mon = gradcheck_cli.watch(model, every=1, output=[f"json:{out}/{mode}_{name}.json"])
+        for step in range(2):                  # step 1: the diagnosis after SqrtNaN's NaN loss
+            model.zero_grad()
+            loss = ddp(x).pow(2).mean()          # each rank's mean over its half (DDP averages)
+            loss.backward()
+            mon.step(loss)
         r = mon.close()
+        result[name] = {"total": r.run["total_grad_norm"], "loss": r.run["losses"],
+                        "first_nonfinite_forward": r.run["first_nonfinite_forward"],
+                        "distributed": r.run["distributed"],
+                        "layers": {l["name"]: [l["grad_norm"], l["output_grad_norm"], l["units"], l["dead_units"],
+                                               l["calls"]] for l in r.layers}}
+    who = "single" if mode == "single" else f"rank{rank}"
+    with open(f"{out}/{who}.json", "w") as fh:
+        json.dump(result, fh, default=str)
+    if mode == "ddp":
         dist.destroy_process_group()
-    name = "single" if sys.argv[2] == "single" else f"rank{dist.get_rank() if dist.is_initialized() else rank}"
-    with open(f"{out}/{name}.json", "w") as fh:
-        json.dump({"total": r.run["total_grad_norm"], "loss": r.run["losses"],
-                   "out": [l["output_grad_norm"] for l in r.layers]}, fh)
 """)
 
 
@@ -220,22 +236,46 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _approx(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-9) or (math.isnan(a) and math.isnan(b))
+    return a == b
+
+
 @pytest.mark.slow
 def test_ddp_two_ranks_reduce_to_the_single_process_statistics(tmp_path):
+    """watch() under DDP (2 gloo ranks, each on half the batch) reduces with the torchrun check's reduction
+    (measure.distributed.reduce_record): per-layer parameter- and output-gradient norms and the loss equal one
+    process on the whole batch (a sum instead of rank 0's DDP gradients, or output gradients divided by N
+    instead of N**2, would be off by sqrt(2)); a ReLU unit is dead only if dead on both ranks (DeadHalf: 2 of
+    4, each rank alone sees 3); NaN only in rank 1's half is found and rank 1 named as where it started. The
+    same MLP sharded with FSDP2 (each rank holds half of every gradient) gives the same per-layer norms."""
     script = tmp_path / "ddp_watch.py"
     script.write_text(DDP_SCRIPT)
+    models = str(ROOT / "tests" / "data")
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2",
            "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(script), str(tmp_path), "single"], check=True, env=env, timeout=120)
-    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), "ddp"],
+    subprocess.run([sys.executable, str(script), str(tmp_path), "single", models], check=True, env=env, timeout=120)
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), "ddp", models],
                               env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(2)]
     assert [p.wait(timeout=180) for p in procs] == [0, 0]
     single = json.loads((tmp_path / "single.json").read_text())
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0] == ranks[1]                      # every rank has the reduced statistics
-    assert ranks[0]["total"] == pytest.approx(single["total"], rel=1e-4)
-    assert ranks[0]["loss"][0] == pytest.approx(single["loss"][0], rel=1e-5)
-    for a, b in zip(ranks[0]["out"], single["out"]):
-        if b is not None and not math.isnan(b):
-            assert a == pytest.approx(b, rel=1e-4)
-    assert (tmp_path / "report.json").exists()       # rank 0 wrote the report
+    ddp = ranks[0]
+    for name in ("mlp", "DeadHalf", "SqrtNaN", "fsdp_mlp"):
+        a, b = single[name.removeprefix("fsdp_")], ddp[name]
+        assert a["distributed"] is None
+        strategy = "fsdp" if name.startswith("fsdp_") else "ddp"
+        assert b["distributed"]["world_size"] == 2 and b["distributed"]["strategy"] == strategy, name
+        assert _approx(a["total"], b["total"]), (name, a["total"], b["total"])
+        assert all(_approx(x, y) for x, y in zip(a["loss"], b["loss"])), (name, a["loss"], b["loss"])
+        assert a["first_nonfinite_forward"] == b["first_nonfinite_forward"], name
+        assert a["layers"].keys() == b["layers"].keys()
+        for layer, va in a["layers"].items():
+            assert all(_approx(x, y) for x, y in zip(va, b["layers"][layer])), (name, layer, va, b["layers"][layer])
+    assert single["mlp"]["total"] > 0 and single["mlp"]["layers"]["0"][1] > 0   # norms were measured at all
+    assert ddp["DeadHalf"]["layers"]["act"][2:4] == [4, 2]
+    assert ddp["SqrtNaN"]["first_nonfinite_forward"] is not None
+    assert ddp["SqrtNaN"]["distributed"]["first_nonfinite_rank"]["forward"] == 1
+    assert (tmp_path / "ddp_mlp.json").exists() and (tmp_path / "single_mlp.json").exists()   # rank 0 wrote it

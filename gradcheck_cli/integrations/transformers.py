@@ -12,8 +12,8 @@ first micro-batch of the optimizer step) and come off in `on_pre_optimizer_step`
 after the last backward, after Accelerate unscaled the gradients (AMP), and before the optimizer step.
 The Trainer clips the gradients before that event; on a measured step the callback moves the clipping
 after its reading (it sets `args.max_grad_norm` to 0 for that step, reads the unclipped gradients, then
-clips them with torch.nn.utils.clip_grad_norm_ and the same max norm, and restores the setting), so the
-norms it reports are the ones the model produced. Under FSDP or DeepSpeed, whose clipping is their own,
+clips them with the same max norm as torch.nn.utils.clip_grad_norm_ does, with the global norm it has
+just measured, and restores the setting), so the norms it reports are the ones the model produced. Under FSDP or DeepSpeed, whose clipping is their own,
 it reads the clipped gradients instead (the report says so). The loss of a measured step is taken from
 the model output's `.loss`, by a forward hook that exists during that step only.
 
@@ -46,6 +46,27 @@ def _find_trainer(cls: type) -> Any:
             return obj
         frame = frame.f_back
     return None
+
+
+def clip_with_norm(parameters: Any, max_norm: float, total_norm: float | None) -> None:
+    """torch.nn.utils.clip_grad_norm_(parameters, max_norm), given the gradients' global norm that the
+    step's measurement already computed (one pass over the gradients fewer); without a finite norm, torch's
+    own function (which computes it)."""
+    import math
+
+    import torch
+
+    params = [p for p in parameters if p.grad is not None]
+    if total_norm is None or not math.isfinite(total_norm):
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    coef = max_norm / (total_norm + 1e-6)   # as clip_grad_norm_: scale by min(1, coef)
+    if coef < 1.0:
+        groups: dict[tuple, list] = {}
+        for p in params:
+            groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+        for grads in groups.values():
+            torch._foreach_mul_(grads, coef)
 
 
 def _build() -> type:
@@ -125,13 +146,12 @@ def _build() -> type:
                 else:
                     loss = sum(self._losses) / len(self._losses)
             self._losses = []
+            info = None
             try:
                 info = w.step(loss, grads_unscaled=True, grad_scale=_loss_scale(optimizer))
             finally:
                 if self._saved_clip is not None:
-                    import torch
-
-                    torch.nn.utils.clip_grad_norm_(w.model.parameters(), self._saved_clip)
+                    clip_with_norm(w.model.parameters(), self._saved_clip, info and info.get("grad_norm"))
                     args.max_grad_norm = self._saved_clip
                     self._saved_clip = None
             if info["measured"] and self.log_metrics and self.trainer is not None:

@@ -18,8 +18,9 @@ losses are means over their slices, and the global loss is their mean, as under 
 - the first NaN/Inf (forward and backward order) is the earliest over ranks; which rank saw it first is
   kept in `onset_rank`.
 
-`reduce_record` is the one cross-rank reduction of a StepRecord (for the check and for a monitor in a
-user's DDP loop); `DistMonitor` is the Monitor whose steps and finish go through it.
+`reduce_record` is the one cross-rank reduction of a StepRecord, and `DistMonitor` the Monitor whose
+steps and finish go through it: the torchrun check (distributed.Driver) and watch()/the framework
+callbacks in a user's DDP or FSDP2 loop (measure/monitor.TrainingMonitor) both use it.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ def local(t: torch.Tensor) -> torch.Tensor:
     """A DTensor's local shard (FSDP2 parameters and gradients); any other tensor as it is."""
     to_local = getattr(t, "to_local", None)
     return to_local() if callable(to_local) and type(t).__name__ == "DTensor" else t
+
+
+def grads_layout(model: nn.Module) -> str:
+    """"sharded" when the model's parameters are FSDP2 DTensor shards (each rank holds a part of every
+    gradient), else "replicated" (DDP: after its all-reduce every rank holds the same gradients)."""
+    return "sharded" if any(type(p).__name__ == "DTensor" for p in model.parameters()) else "replicated"
 
 
 def _device(group: Any) -> torch.device:
@@ -158,6 +165,13 @@ class DistMonitor(Monitor):
         else:
             super().weight_stats(inv)
 
+    def step(self, loss: Any = None, grads: Any = None, **kw: Any) -> Any:   # type: ignore[override]
+        """As Monitor.step; reading `.grad` itself (a training loop), FSDP2's DTensor gradients are read
+        from their local shards (reduce_record adds the shards' sums of squares up)."""
+        if grads is None:
+            grads = [None if p.grad is None else local(p.grad) for p in self.params]
+        return super().step(loss, grads, **kw)
+
     def reduce(self, record: StepRecord) -> StepRecord:
         if self.hooks.diagnose:
             found = first_onset_rank(record, self.group)
@@ -222,5 +236,5 @@ def sharded_weight_stats(inv: Any, group: Any = None) -> None:
             st.bias_mean = flat[i] / numel
 
 
-__all__ = ["DistMonitor", "LayoutMismatch", "reduce_record", "first_onset_rank", "check_layout", "local",
+__all__ = ["DistMonitor", "LayoutMismatch", "reduce_record", "grads_layout", "first_onset_rank", "check_layout", "local",
            "sharded_weight_stats", "KEYS"]

@@ -8,9 +8,10 @@ with no hook of ours. `step(loss)` is called after the user's backward and befor
 it reads `p.grad` (final, and unscaled when `grads_unscaled` or `grad_scale` says how).
 
 Every step costs one host read of the loss (to see a NaN/Inf between measured steps); a measured step
-costs what a check's pass costs, plus one transfer. Under torch.distributed (DDP), a measured step's
-record is all-reduced with each key's reduce op (record.KEYS) and rescaled so that the statistics are
-those of the global batch; the per-step loss check is one all-reduce of one number.
+costs what a check's pass costs, plus one transfer. Under torch.distributed (DDP, or FSDP2 with sharded
+gradients), a measured step's record goes through measure.distributed.reduce_record, the reduction the
+torchrun check uses (each key's op from record.KEYS, then normalised to the global batch); the per-step
+loss check is one all-reduce of one number.
 """
 
 from __future__ import annotations
@@ -23,16 +24,11 @@ import torch.nn as nn
 
 from gradcheck_cli import stats as S
 from gradcheck_cli.measure.passes import Monitor
-from gradcheck_cli.measure.record import KEYS, Reduce, StepRecord
-
-# Under DDP every rank's parameter gradients are already the average over ranks (equal on every rank),
-# each rank's loss is the mean over its own shard, and dLoss/dOutput of the global loss is 1/W of the
-# rank's own. After a SUM all-reduce these factors give the values of one process on the whole batch.
-_DDP_SCALE_POWER = {"pgrad": 1, "loss": 1, "calls": 1, "g": 2}
-
 
 class Ranks:
-    """torch.distributed, when initialised with more than one rank; otherwise a single process."""
+    """torch.distributed, when initialised with more than one rank; otherwise a single process. The
+    statistics of a measured step are reduced by measure.distributed (DistMonitor, the same reduction as
+    the torchrun check); this only reads the per-step loss across ranks."""
 
     def __init__(self) -> None:
         import torch.distributed as dist
@@ -40,8 +36,9 @@ class Ranks:
         self.dist = dist if dist.is_available() and dist.is_initialized() else None
         self.world = self.dist.get_world_size() if self.dist else 1
         self.rank = self.dist.get_rank() if self.dist else 0
+        self.backend = str(self.dist.get_backend()) if self.dist else None
         self.device = torch.device("cpu")
-        if self.dist is not None and self.dist.get_backend() == "nccl":
+        if self.backend == "nccl":
             self.device = torch.device("cuda", torch.cuda.current_device())
 
     @property
@@ -52,38 +49,6 @@ class Ranks:
         t = value.detach().reshape(1).to(self.device, torch.float64)
         self.dist.all_reduce(t, op=self.dist.ReduceOp.SUM)
         return float(t.item())
-
-    def same_everywhere(self, obj: Any) -> bool:
-        objs: list[Any] = [None] * self.world
-        self.dist.all_gather_object(objs, obj)
-        return all(o == objs[0] for o in objs)
-
-    def reduce_record(self, record: StepRecord) -> StepRecord:
-        """All-reduce a step's values position by position with each key's op, then rescale (DDP)."""
-        layout = [(repr(slot), key, n) for slot, key, n in record.layout()]
-        if not self.same_everywhere(layout):
-            raise RuntimeError("gradcheck: the ranks measured different layers in this step; "
-                               "their statistics cannot be combined")
-        values = torch.tensor(record.values, dtype=torch.float64, device=self.device)
-        ops = {Reduce.SUM: self.dist.ReduceOp.SUM, Reduce.MAX: self.dist.ReduceOp.MAX,
-               Reduce.MIN: self.dist.ReduceOp.MIN, Reduce.ANY: self.dist.ReduceOp.MAX}
-        for op, positions in sorted(record.positions_by_op().items()):
-            idx = torch.tensor(positions, dtype=torch.long, device=self.device)
-            part = values.index_select(0, idx)
-            self.dist.all_reduce(part, op=ops[op])
-            values.index_copy_(0, idx, part)
-        out = values.cpu().tolist()
-        for slot, key, off, n, _ in record.entries:
-            power = _DDP_SCALE_POWER.get(key)
-            if power and KEYS[key].reduce is Reduce.SUM:
-                for i in range(off, off + n):
-                    out[i] /= self.world ** power
-        return StepRecord(entries=list(record.entries), values=out)
-
-    def reduce_tensor_max(self, t: torch.Tensor) -> torch.Tensor:
-        r = t.detach().to(self.device, torch.float32).clone()
-        self.dist.all_reduce(r, op=self.dist.ReduceOp.MAX)
-        return r.to(t.device, t.dtype)
 
 
 class TrainingMonitor:
@@ -99,10 +64,14 @@ class TrainingMonitor:
         self.ranks = Ranks() if distributed is not False else None
         if self.ranks is not None and not self.ranks.active:
             self.ranks = None
-        self.mon = Monitor(model).attach()   # inventory, weight statistics, hooks for step 0
+        if self.ranks is None:
+            self.mon = Monitor(model)
+        else:   # records reduced across ranks as in the torchrun check (measure/distributed.py)
+            from gradcheck_cli.measure.distributed import DistMonitor, grads_layout
+
+            self.mon = DistMonitor(model, grads=grads_layout(model))
+        self.mon.attach()                    # inventory, weight statistics, hooks for step 0
         self.mon.hooks.record_inputs = False  # never make the user's inputs require grad
-        if self.ranks is not None:
-            self.mon.reduce_record = self.ranks.reduce_record
         self.hooked = True
         self.closed = False
         self.step_index = 0                  # the step the next call to step() closes
@@ -205,22 +174,11 @@ class TrainingMonitor:
     def stats(self) -> S.RunStats:
         """RunStats over the measured steps; `losses` also carries the non-finite losses of unmeasured
         steps (so NaN/Inf between measured steps is reported) and `steps` counts every step seen."""
-        if self.ranks is not None:
-            self._reduce_masks()
-        st = self.mon.finish()
+        st = self.mon.finish()   # under DDP: per-unit masks and time profiles reduced across ranks
         keep = sorted(set(self.measured_steps) | set(self.extra_loss_steps))
         st.losses = [self.losses[i] for i in keep]
         st.steps = self.step_index
         return st
-
-    def _reduce_masks(self) -> None:
-        """Per-unit running maxima (dead ReLUs) of every rank: a unit that fired on any rank is alive."""
-        layers = [layer for layer in self.mon.inv.layers if layer.alive is not None]
-        shapes = [(layer.slot, tuple(layer.alive.shape)) for layer in layers]
-        if not self.ranks.same_everywhere(shapes):
-            return
-        for layer in layers:
-            layer.alive = self.ranks.reduce_tensor_max(layer.alive)
 
     def metrics(self, prefix: str = "gradcheck/") -> dict[str, float]:
         """The last measured step's global and per-layer parameter-gradient norms, for a framework logger."""

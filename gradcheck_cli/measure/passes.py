@@ -47,8 +47,6 @@ class Monitor:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.attached = False
-        # Optional: combines a step's record across ranks before it is folded (measure/monitor.py, DDP).
-        self.reduce_record: Any = None
 
     def attach(self) -> "Monitor":
         self.inv = Inventory(self.model)
@@ -118,8 +116,6 @@ class Monitor:
         self.hooks.end_pass()
         self.hooks.emit_step_end()
         record = self.reduce(self.sink.flush())
-        if self.reduce_record is not None:   # a training-loop monitor under torch.distributed
-            record = self.reduce_record(record)
         self.last_record = record
         self.hooks.begin_pass()
         if self.hooks.diagnose:

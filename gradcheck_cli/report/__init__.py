@@ -3,44 +3,55 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+import importlib
+from collections.abc import Iterator, Mapping
+
 from gradcheck_cli.choices import FORMATS, SUFFIXES
 from gradcheck_cli.findings import FailOn, ModelError, Report, Suite, error_document
-from gradcheck_cli.report.view import build_view
 
-# Format -> the module whose `render` writes it, imported on first use (a run imports only the renderers it
-# writes with: html, junit's xml.etree and the rest stay out of a plain terminal run's start-up).
-RENDERERS: dict[str, str] = {
-    "text": "text",
-    "json": "json_report",
-    "sarif": "sarif",
-    "junit": "junit",
-    "markdown": "markdown",
-    "html": "html",
-}
+_MODULES = {"text": "text", "json": "json_report", "sarif": "sarif", "junit": "junit", "markdown": "markdown",
+            "html": "html"}
+
+
+class _Renderers(Mapping):
+    """format -> render function; a renderer's module (rich for text, the HTML template) is imported when
+    its format is first used, so that watch() in a training loop pays only for the formats it writes."""
+
+    def __getitem__(self, fmt: str) -> Callable[..., None]:
+        if fmt not in _MODULES:
+            raise KeyError(fmt)
+        return importlib.import_module(f"gradcheck_cli.report.{_MODULES[fmt]}").render
+
+    def __contains__(self, fmt: object) -> bool:
+        return fmt in _MODULES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_MODULES)
+
+    def __len__(self) -> int:
+        return len(_MODULES)
+
+
+RENDERERS: Mapping[str, Callable[..., None]] = _Renderers()
 
 assert tuple(RENDERERS) == FORMATS, "gradcheck_cli.choices.FORMATS and the renderer table disagree"
 
-
-def renderer(fmt: str) -> Callable[..., None]:
-    """The `render` function of format `fmt` (a key of RENDERERS)."""
-    return importlib.import_module(f"gradcheck_cli.report.{RENDERERS[fmt]}").render
-
-
-__all__ = ["RENDERERS", "SUFFIXES", "render", "write_file", "write_error_file", "error_document", "parse_output", "renderer"]
+__all__ = ["RENDERERS", "SUFFIXES", "render", "write_file", "write_error_file", "error_document", "parse_output"]
 
 
 def render(results: Report | Suite, fmt: str, out: TextIO, *, color: bool | None = None, width: int | None = None,
            max_rows: int = 40) -> None:
     """Render in `fmt`. The per-layer view is built here, once per report, and every renderer reads it."""
+    from gradcheck_cli.report.view import build_view
+
     suite = Suite.of(results)
     views = [build_view(r) for r in suite.reports]
-    renderer(fmt)(suite, out, color=color, width=width, max_rows=max_rows, views=views)
+    RENDERERS[fmt](suite, out, color=color, width=width, max_rows=max_rows, views=views)
 
 
 def parse_output(value: str, default_format: str | None) -> tuple[str, Path]:

@@ -100,3 +100,20 @@ class RaisesOnRank1(nn.Module):
         if os.environ.get("RANK") == "1":
             raise RuntimeError("boom on rank 1")
         return self.lin(x)
+
+
+# The same models sharded by their build() with gradcheck's own --fsdp sharding (distributed.shard): a
+# model already sharded with FSDP2 is measured as it is, so one torchrun launch checks both strategies.
+def _sharded(build):
+    def fsdp_build() -> nn.Module:
+        from gradcheck_cli.distributed import shard
+
+        return shard(build())
+    return fsdp_build
+
+
+fsdp_mlp = _sharded(mlp)
+fsdp_Blocks = _sharded(Blocks)
+fsdp_gpt2 = _sharded(gpt2)
+fsdp_SqrtNaN = _sharded(SqrtNaN)
+fsdp_DeadHalf = _sharded(DeadHalf)
