@@ -138,10 +138,14 @@ def spike_findings(stats: Any, opts: dict[str, Any], r: Any) -> list[Any]:
                 "largest_jump": s["largest_jump"], "largest_jump_step": s["largest_jump_step"],
                 "peak_grad_norm": s["peak"], "threshold": opts["spike"], "suggested_max_norm": s["max_norm"],
                 "layer_jump": s["layer_jump"], "lr": t.lr, "optimizer": t.optimizer}
-    fixes = [f"Clip the gradient norm before each optimizer step: torch.nn.utils.clip_grad_norm_(model.parameters(), "
-             f"max_norm={s['max_norm']:g}) (2x the median norm of the healthy steps, {fmt(s['healthy_median'])}).",
-             f"Lower the learning rate ({lr_phrase(t)} with {t.optimizer}) or add a warmup.",
-             "Add weight decay and normalisation layers (LayerNorm/BatchNorm) to keep the weights' scale bounded."]
+    from gradcheck_cli import fixes as X
+
+    fixes = [X.fix(f"Clip the gradient norm before each optimizer step: torch.nn.utils.clip_grad_norm_("
+                   f"model.parameters(), max_norm={s['max_norm']:g}) (2x the median norm of the healthy steps, "
+                   f"{fmt(s['healthy_median'])}).", X.clip(s["max_norm"])),
+             X.fix(f"Lower the learning rate ({lr_phrase(t)} with {t.optimizer}) or add a warmup.", X.lr_probe()),
+             X.fix("Add weight decay and normalisation layers (LayerNorm/BatchNorm) to keep the weights' scale "
+                   "bounded.", reason=X.ARCHITECTURE)]
     return [r.finding(s["layer"], msg, evidence, fixes)]
 
 
