@@ -176,7 +176,7 @@ def describe_step(step: dict[str, Any], detail: dict[str, Any] | None = None) ->
         old = detail.get("from")
         return f"{what}{' ' + old if old else ''} -> {to}"
     if k == "remove-module":
-        return f"removed {what} (nn.Identity)"
+        return f"{what} replaced by nn.Identity"
     if k == "init":
         scheme = {"kaiming-normal": "kaiming_normal_", "xavier-normal": "xavier_normal_",
                   "normal": "normal_"}.get(step["scheme"], step["scheme"])

@@ -290,13 +290,19 @@ def _depth_fixes(stats: RunStats, profile: list, per_layer: float) -> list[str]:
     sat = activation_layers(stats, S.SIGMOID, S.TANH)
     relu = activation_layers(stats, S.RELU)
     weights = weight_layers(stats)
+    # He init is for the layers that feed a ReLU; the output layer keeps its own (small) init, else the
+    # logits start large and the loss at step 0 far above ln C (verified: initial-loss appears otherwise).
+    hidden = weights[:-1] if len(weights) > 1 else weights
+    head = X.init([weights[-1].name], "normal", std=0.02) if len(weights) > 1 else None
+    small_head = " (the output layer with normal_(w, std=0.02), so the first logits stay near 0)" if head else ""
     if sat:
         swappable = [l for l in sat if l.role == S.ACTIVATION and not is_gate(l)]
         steps = ((X.swap([l.name for l in swappable], "relu"),
-                  X.init([w.name for w in weights], "kaiming-normal", nonlinearity="relu"))
+                  X.init([w.name for w in hidden], "kaiming-normal", nonlinearity="relu"), head)
                  if len(swappable) == len(sat) else ())
         fixes.append(X.fix(f"Replace {describe_group(sat)} with nn.ReLU (or nn.LeakyReLU(0.01)) and initialise the "
-                           f"{len(weights)} weight layers with torch.nn.init.kaiming_normal_(w, nonlinearity='relu'): "
+                           f"{len(hidden)} hidden weight layers with torch.nn.init.kaiming_normal_(w, "
+                           f"nonlinearity='relu'){small_head}: "
                            "sigmoid's derivative is at most 0.25, so a sigmoid chain shrinks the gradient at every "
                            "layer.", *steps,
                            reason="the sigmoid/tanh are calls in forward's code (or gates), not modules gradcheck can "
@@ -308,10 +314,10 @@ def _depth_fixes(stats: RunStats, profile: list, per_layer: float) -> list[str]:
             w = low[0]
             detail = (f" (e.g. {name(w.name)} has weight std {fmt(w.weight_rms)}, He init would give "
                       f"{fmt((2.0 / w.fan_in) ** 0.5)})")
-        fixes.append(X.fix(f"Initialise the {len(weights)} weight layers with torch.nn.init.kaiming_normal_(w, "
-                           f"nonlinearity='relu') (He init, std = sqrt(2/fan_in)){detail}: PyTorch's default "
-                           f"init shrinks the signal in deep plain stacks; measured {x_factor(per_layer)} per layer.",
-                           X.init([w.name for w in weights], "kaiming-normal", nonlinearity="relu")))
+        fixes.append(X.fix(f"Initialise the {len(hidden)} hidden weight layers with torch.nn.init.kaiming_normal_(w, "
+                           f"nonlinearity='relu') (He init, std = sqrt(2/fan_in)){detail}{small_head}: PyTorch's "
+                           f"default init shrinks the signal in deep plain stacks; measured {x_factor(per_layer)} per "
+                           "layer.", X.init([w.name for w in hidden], "kaiming-normal", nonlinearity="relu"), head))
     if not has_normalization(stats):
         fixes.append(X.fix(f"Add normalisation (nn.BatchNorm1d/2d after each Linear/Conv, or nn.LayerNorm) to the "
                            f"{len(weights)} weight layers so each layer's inputs keep unit scale.",
