@@ -446,7 +446,12 @@ def _verify_fix(report: Report, f: Finding, i: int, fx: str, ctx: Context, tick:
         factor = math.prod(st["factor"] for st in steps if st["kind"] == "lr-scale")
         change = change.replace("learning rate x" + X.fmt(factor),
                                 f"learning rate {X.fmt(ctx.lr)} -> {X.fmt(ctx.lr * factor)}")
-    return {"fix": i, "change": change, **compare(f, report.findings, after, stats)}
+    out = {"fix": i, "change": change, **compare(f, report.findings, after, stats)}
+    if out.get("metric") == "early_late_ratio":   # the depth profile after the change (HTML draws both)
+        from gradcheck_cli.rules._common import depth_profile
+
+        out["profile_after"] = {l.name: l.output_grad_norm for l in depth_profile(stats)}
+    return out
 
 
 def _probe(report: Report, f: Finding, i: int, steps: tuple, probe: dict, ctx: Context, tick: Callable
