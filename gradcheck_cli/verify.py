@@ -55,6 +55,8 @@ def key_metric(f: Finding) -> tuple[str, float] | None:
             vals = [x for x in v.values() if isinstance(x, (int, float))]
             if vals:
                 return key, (max(vals) if key == "median_large_update_ratio" else min(vals))
+    if isinstance(ev.get("spike_steps"), list):   # gradient-norm spikes during the rehearsal
+        return "spike_steps", float(len(ev["spike_steps"]))
     if isinstance(ev.get("upstream_parameters"), (int, float)):   # no learning signal: parameters cut off
         return "upstream_parameters", float(ev["upstream_parameters"])
     if isinstance(ev.get("params_not_in_optimizer"), list) and f.code == "GC111":
@@ -130,6 +132,12 @@ def key_after(name: str, f: Finding, stats: RunStats) -> float | None:
         return max(vals) if name == "median_large_update_ratio" else min(vals)
     if name == "params_not_in_optimizer":
         return float(len(t.params_not_in_optimizer))
+    if name == "spike_steps":
+        from gradcheck_cli.rules.trajectory import grad_spikes
+
+        thr = f.evidence.get("threshold", 10.0)
+        sp = grad_spikes(t, thr if isinstance(thr, (int, float)) else 10.0, 4)
+        return float(len(sp["spike_steps"])) if sp else 0.0
     return None
 
 
@@ -143,7 +151,7 @@ def same_finding(a: Finding, b: Finding) -> bool:
     if (ka[0] if ka else None) != (kb[0] if kb else None):
         return False
     if ka is not None and ka[0] in ("early_late_ratio", "total_grad_norm", "nonfinite_loss_steps", "ratio", "rise",
-                                    "amplitude_growth", "parameters", "upstream_parameters"):
+                                    "amplitude_growth", "parameters", "upstream_parameters", "spike_steps"):
         return True   # model-wide numbers
     if a.layer is None or b.layer is None:
         return a.layer == b.layer
@@ -168,11 +176,13 @@ def compare(before: Finding, before_all: list[Finding], after: list[Finding], st
         out["after"] = match[1] if match else key_after(km[0], before, stats)
     if remaining and remaining[0].severity != before.severity:
         out["severity_after"] = remaining[0].severity.value
+    # New: rules reporting at warning/error after the change that did not before (by rule id, as the
+    # contract says: a rule that already reported something is not new, wherever it points now).
+    had = {b.rule for b in before_all if _counts(b)}
     new = []
     for g in after:
-        if _counts(g) and not any(same_finding(b, g) for b in before_all):
-            if g.rule not in new:
-                new.append(g.rule)
+        if _counts(g) and g.rule not in had and g.rule not in new:
+            new.append(g.rule)
     out["new_findings"] = new
     return out
 
