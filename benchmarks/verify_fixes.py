@@ -58,6 +58,10 @@ def run(argv: list[str]) -> tuple[dict, float]:
     return json.loads(p.stdout), time.perf_counter() - t0
 
 
+def cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
 def main() -> int:
     sys.path.insert(0, str(ROOT))
     from gradcheck_cli.report.verification import before_after, new_phrase, status
@@ -79,8 +83,8 @@ def main() -> int:
             if (label, argv) in CASES and f["severity"] != "info" and (first is None or not first.get("resolved") or first.get("new_findings")):
                 problems.append(f"{label}: {f['code']}: the first fix is not verified as resolving it cleanly")
             for v in applied:
-                print(f"| {label} | {f['code']} {f['severity']} | {v['fix'] + 1} | {v['change']} | {status(v)} | "
-                      f"{before_after(v) or '-'} | {new_phrase(v).removeprefix('new: ') or '-'} | "
+                print(f"| {label} | {f['code']} {f['severity']} | {v['fix'] + 1} | {cell(v['change'])} | {status(v)} | "
+                      f"{cell(before_after(v)) or '-'} | {new_phrase(v).removeprefix('new: ') or '-'} | "
                       f"{verify_s:.1f} s |")
             if not applied:
                 print(f"| {label} | {f['code']} {f['severity']} | - | (no fix gradcheck can apply) | - | - | - | "
