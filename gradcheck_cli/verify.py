@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from gradcheck_cli import fixes as X
+from gradcheck_cli.errors import GradcheckError
 from gradcheck_cli.findings import Finding, Report, Severity
 from gradcheck_cli.stats import RunStats
 
@@ -450,6 +451,16 @@ def _verify_fix(report: Report, f: Finding, i: int, fx: str, ctx: Context, tick:
     except NotApplicable as exc:
         tick()
         return {"fix": i, "change": None, "reason": f"not applicable to this model: {exc}"}
+    except GradcheckError as exc:
+        # The changed copy failed to run (the model's code rejects a swapped module, out of memory): that
+        # is this fix's result, not the run's; --timeout still stops everything.
+        if getattr(exc, "reason", None) == "timeout":
+            raise
+        tick()
+        km = key_metric(f)
+        return {"fix": i, "change": "; ".join(X.describe_step(st) for st in steps), "resolved": False,
+                "metric": km[0] if km else None, "before": km[1] if km else None, "after": None,
+                "new_findings": [], "error": exc.one_line()}
     tick()
     change = "; ".join(X.describe_step(st, d) for st, d in zip(steps, details + [{}] * len(steps)))
     if any(st["kind"] == "lr-scale" for st in steps) and ctx.lr is not None:

@@ -296,5 +296,73 @@ def test_python_m_end_to_end_with_a_training_fix(tmp_path):
     doc = json.loads(r.stdout)
     f = next(f for f in doc["findings"] if f["rule"] == "update-ratio")
     v = f["verification"][0]
-    assert v["resolved"] and v["change"].startswith("learning rate 1e-09 -> ")
+    assert v["resolved"] and v["change"].startswith("learning rate 1.00e-09 -> ")
     assert v["before"] < 1e-6 < v["after"]
+
+
+def test_python_api_verifies_an_eps_raised_from_zero():
+    from gradcheck_cli.api import check
+    from gradcheck_cli.errors import InputError
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+            self.norm = nn.LayerNorm(8, eps=0.0)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.norm(self.fc(x) * 0 + 1))   # constant features: 0/0 without an eps
+
+    net = Net()
+    report = check(net, verify_fixes=True, input_shape=(4, 8))
+    f = next(f for f in report.findings if f.rule == "non-finite")
+    v = f.verification[0]
+    assert v["change"] == "eps of 1 module (norm) raised to 1.00e-05"
+    assert v["resolved"] and v["before"] == 3.0 and v["after"] == 0.0
+    assert net.norm.eps == 0.0                                 # the user's module keeps its eps
+    assert all(g.verification is None for g in check(net, input_shape=(4, 8)).findings)
+    with pytest.raises(InputError, match="verify_fixes"):
+        check(net, verify_fixes="sometimes", input_shape=(4, 8))
+
+
+@pytest.mark.slow
+def test_timeout_covers_the_verification(tmp_path):
+    (tmp_path / "slow_fix.py").write_text(
+        "import time\nimport torch.nn as nn\n\n\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.layers = nn.Sequential(*[m for _ in range(10) for m in (nn.Linear(16, 16), nn.Sigmoid())],\n"
+        "                                    nn.Linear(16, 2))\n\n"
+        "    def forward(self, x):\n"
+        "        if isinstance(self.layers[1], nn.ReLU):   # only the changed copy is slow\n"
+        "            time.sleep(60)\n"
+        "        return self.layers(x)\n")
+    args = [sys.executable, "-m", "gradcheck_cli", "check", "slow_fix.py:Net", "--timeout", "8"]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 1, r.stderr[-2000:]                 # the check alone fits in the time
+    r = subprocess.run(args + ["--verify-fixes"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 3, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_a_changed_copy_that_fails_to_run_is_that_fixs_result_not_the_runs():
+    from gradcheck_cli.api import check
+
+    class Picky(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = _mlp(nn.Sigmoid, n=9)
+
+        def forward(self, x):
+            if not isinstance(self.layers[1], nn.Sigmoid):
+                raise RuntimeError("this model only works with sigmoids")
+            return self.layers(x)
+
+    report = check(Picky(), verify_fixes=True, input_shape=(8, 8))
+    f = next(f for f in report.findings if f.rule == "vanishing-gradients")
+    v = f.verification[0]
+    assert v["resolved"] is False and "only works with sigmoids" in v["error"] and v["after"] is None
+    assert report.exit_code == 1

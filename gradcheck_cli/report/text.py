@@ -420,6 +420,8 @@ def _verification_lines(console: Console, v: dict[str, Any], width: int | None, 
         "bold yellow" if v.get("resolved") else "bold red")
     line = Text(f"{vf.mark(v)} {vf.status(v)}", style=style)
     rest = "; ".join(x for x in (vf.before_after(v), vf.new_phrase(v)) if x)
+    if v.get("error"):
+        rest = f"the changed copy failed to run: {v['error']}"
     if rest:
         line.append(f": {_t(rest)}")
     out = _wrap(console, line, width, indent=pad + 2, first=Text(" " * pad))

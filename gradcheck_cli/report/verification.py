@@ -67,6 +67,8 @@ def headline(v: dict[str, Any]) -> str:
     "· not verified: <reason>"."""
     if v.get("change") is None:
         return f"· not verified: {v.get('reason') or 'no change gradcheck can make'}"
+    if v.get("error"):
+        return f"{NOT_RESOLVED} not resolved: the changed copy failed to run: {v['error']}"
     rest = "; ".join(x for x in (before_after(v), new_phrase(v)) if x)
     return f"{mark(v)} {status(v)}" + (f": {rest}" if rest else "")
 

@@ -95,7 +95,9 @@ def saturated_activations(stats: RunStats, opts: dict[str, Any], r: Rule) -> lis
         fixes.append(X.fix(f"Replace {describe_group(plain)} with nn.ReLU / nn.LeakyReLU(0.01) / nn.ELU in hidden "
                            "layers (keep sigmoid only for outputs and gates) and use kaiming_normal_ init.",
                            *((X.swap([l.name for l in plain], "relu"),
-                              X.init([q.name for q in feeders], "kaiming-normal", nonlinearity="relu"))
+                              X.init(list(dict.fromkeys(q.name for q in (preceding_param_layer(stats, l) for l in plain)
+                                                        if q is not None and q.weight_rms is not None)),
+                                     "kaiming-normal", nonlinearity="relu"))
                              if len(modules) == len(plain) else ()),
                            reason="the sigmoid/tanh are calls in forward's code, not modules gradcheck can swap"))
     if not has_normalization(stats):
