@@ -44,7 +44,7 @@ class TrainSettings:
     optimizer: str = "adam"
     lr: float | None = None
     precision: str = "fp32"
-    # --verify-fixes: a changed rehearsal (the model's copy trains with the fix; the user's run is unchanged)
+    # verified fixes: a changed rehearsal (the copy trains with the fix; the run as given is unchanged)
     lr_scale: float = 1.0                   # every group's learning rate times this
     clip_max_norm: float | None = None      # clip_grad_norm_ before every optimizer step
     add_params: tuple[str, ...] = ()        # parameters (names) added to the optimizer as a new group
@@ -301,7 +301,7 @@ def _rehearse(model: nn.Module, batches: Any, loss_fn: Any, *, train: TrainSetti
 
 def _changed_optimizer(opt: Any, net: nn.Module, train: TrainSettings, desc: str,
                        lr: float | None) -> tuple[str, float | None]:
-    """--verify-fixes: scale every group's learning rate, add the missing parameters as a group."""
+    """A verified fix: scale every group's learning rate, add the missing parameters as a group."""
     if train.lr_scale != 1.0:
         for g in opt.param_groups:
             g["lr"] = g["lr"] * train.lr_scale
