@@ -41,6 +41,10 @@ MORE = [
                           "--lr", "0.5"]),
     ("missing parameters", ["examples/train_missing_params.py:build", "--train-steps", "10",
                             "--optimizer", "examples/train_missing_params.py:optimizer"]),
+    ("ReLUs dying in training", ["examples/train_dying_relu.py:build", "--train-steps", "30", "--optimizer", "adam",
+                                 "--lr", "0.05"]),
+    ("NaN during training", ["examples/train_nan_onset.py:Net", "--train-steps", "30", "--optimizer",
+                             "examples/train_nan_onset.py:optimizer", "--loss", "examples/train_nan_onset.py:nll"]),
     ("gradient spikes", ["examples/train_grad_spikes.py:build", "--train-steps", "30",
                          "--optimizer", "examples/train_grad_spikes.py:optimizer"]),
 ]

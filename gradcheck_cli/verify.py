@@ -56,6 +56,12 @@ def key_metric(f: Finding) -> tuple[str, float] | None:
             vals = [x for x in v.values() if isinstance(x, (int, float))]
             if vals:
                 return key, (max(vals) if key == "median_large_update_ratio" else min(vals))
+    if isinstance(ev.get("died"), dict) and f.code == "GC105":   # ReLU units that died during the rehearsal
+        vals = [x["died"] / x["units"] for x in ev["died"].values() if isinstance(x, dict) and x.get("units")]
+        if vals:
+            return "died_fraction", max(vals)
+    if f.code == "GC103" and "first" in ev and isinstance(ev.get("onset_step"), int):   # NaN/Inf in training
+        return "nonfinite_training", 1.0
     if isinstance(ev.get("spike_steps"), list):   # gradient-norm spikes during the rehearsal
         return "spike_steps", float(len(ev["spike_steps"]))
     if isinstance(ev.get("upstream_parameters"), (int, float)):   # no learning signal: parameters cut off
@@ -133,6 +139,22 @@ def key_after(name: str, f: Finding, stats: RunStats) -> float | None:
         return max(vals) if name == "median_large_update_ratio" else min(vals)
     if name == "params_not_in_optimizer":
         return float(len(t.params_not_in_optimizer))
+    if name == "amplitude_growth":   # the growth of the loss's swings, late over early (1: no growth)
+        losses = _finite(t.losses)
+        d = [b - a for a, b in zip(losses, losses[1:])]
+        if len(d) < 4:
+            return None
+        k = max(2, len(d) // 3)
+        early, late = sum(abs(x) for x in d[:k]) / k, sum(abs(x) for x in d[-k:]) / k
+        return late / early if early > 0 else None
+    if name == "died_fraction":
+        from gradcheck_cli.rules.trajectory import relus_died
+
+        died = relus_died(t, 3)
+        vals = [died[n]["died"] / died[n]["units"] for n in f.layers if n in died and died[n]["units"]]
+        return max(vals) if vals else 0.0
+    if name == "nonfinite_training":
+        return 1.0 if t.nonfinite_step is not None else 0.0
     if name == "spike_steps":
         from gradcheck_cli.rules.trajectory import grad_spikes
 
@@ -152,7 +174,8 @@ def same_finding(a: Finding, b: Finding) -> bool:
     if (ka[0] if ka else None) != (kb[0] if kb else None):
         return False
     if ka is not None and ka[0] in ("early_late_ratio", "total_grad_norm", "nonfinite_loss_steps", "ratio", "rise",
-                                    "amplitude_growth", "parameters", "upstream_parameters", "spike_steps"):
+                                    "amplitude_growth", "parameters", "upstream_parameters", "spike_steps",
+                                    "nonfinite_training"):
         return True   # model-wide numbers
     if a.layer is None or b.layer is None:
         return a.layer == b.layer
@@ -498,6 +521,9 @@ def _probe(report: Report, f: Finding, i: int, steps: tuple, probe: dict, ctx: C
         change = f"learning rate {X.fmt(ctx.lr)} -> {X.fmt(ctx.lr * factor)}"
     else:
         change = f"learning rate x{X.fmt(factor)}"
+    others = "; ".join(X.describe_step(st) for st in steps if st["kind"] != "lr-probe")
+    if others:   # the steps listed with the probe are applied in every probe run
+        change = f"{others}; {change}"
     if res["resolved"]:
         change += f" (the largest stable of {', '.join('/' + X.fmt(1 / t['factor']) for t in tried)} tried)"
     else:

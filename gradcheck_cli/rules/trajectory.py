@@ -201,9 +201,13 @@ def nonfinite_findings(stats: Any, r: Any) -> list[Any]:
     else:
         fixes.append("Use the numerically stable fused forms (F.log_softmax / F.cross_entropy, nn.BCEWithLogitsLoss, "
                      "torch.logsumexp) and add epsilons to divisions and logs.")
-    fixes += [f"Lower the learning rate ({lr_phrase(t)} with {t.optimizer}) and clip the gradient norm: "
-              f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={clip:g}).",
-              "Under fp16 use torch.amp.GradScaler (it skips overflowing steps), or bf16."]
+    from gradcheck_cli import fixes as X
+
+    fixes += [X.fix(f"Lower the learning rate ({lr_phrase(t)} with {t.optimizer}) and clip the gradient norm: "
+                    f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={clip:g}).",
+                    X.lr_probe(), X.clip(clip)),
+              X.fix("Under fp16 use torch.amp.GradScaler (it skips overflowing steps), or bf16.",
+                    reason="changes the precision of the training setup")]
     return [r.finding(layer, msg, evidence, fixes)]
 
 
@@ -227,9 +231,17 @@ def died_findings(stats: Any, opts: dict[str, Any], r: Any) -> list[Any]:
            + (f"; {len(bad) - 1} more layer{'s' if len(bad) > 2 else ''} too." if len(bad) > 1 else "."))
     evidence = {"onset_step": w["first_death_step"], "died": bad, "threshold": opts["died_fraction"],
                 "lr": t.lr, "optimizer": t.optimizer, "steps": t.steps}
+    from gradcheck_cli import fixes as X
+    from gradcheck_cli.stats import ACTIVATION
+
     lower = round_sig(t.lr / 10) if t.lr else None
-    fixes = [f"Lower the learning rate (e.g. {lower:g}): one large step pushes a unit's bias negative for every input."
-             if lower else "Lower the learning rate: one large step pushes a unit's bias negative for every input.",
-             f"Replace the ReLU {name(worst)} with nn.LeakyReLU(0.01) (or GELU/ELU) so dead units can recover.",
-             "Add a warmup and clip the gradient norm (torch.nn.utils.clip_grad_norm_); add BatchNorm before the ReLUs."]
+    fixes = [X.fix(f"Lower the learning rate (e.g. {lower:g}): one large step pushes a unit's bias negative for every "
+                   "input." if lower else "Lower the learning rate: one large step pushes a unit's bias negative for "
+                   "every input.", X.lr_probe()),
+             X.fix(f"Replace the ReLU {name(worst)} with nn.LeakyReLU(0.01) (or GELU/ELU) so dead units can recover.",
+                   X.swap(list(bad), "leaky-relu") if all(
+                       (stats.layer(k) is not None and stats.layer(k).role == ACTIVATION) for k in bad) else None,
+                   reason="the ReLU is a call in forward's code (F.relu), not a module gradcheck can swap"),
+             X.fix("Add a warmup and clip the gradient norm (torch.nn.utils.clip_grad_norm_); add BatchNorm before the "
+                   "ReLUs.", reason=X.ARCHITECTURE)]
     return [r.finding(worst, msg, evidence, fixes)]
