@@ -12,13 +12,16 @@ from gradcheck_cli.numbers import fmt
 FRACTIONS = ("saturated_fraction", "dead_units", "died_fraction")
 COUNTS = ("nonfinite_loss_steps", "parameters", "upstream_parameters", "params_not_in_optimizer", "spike_steps",
           "nonfinite_training")
-LABELS = {"early_late_ratio": "early/late |dL/dy|", "time_grad_ratio": "earliest/latest step gradient",
-          "total_grad_norm": "global gradient norm", "nonfinite_loss_steps": "NaN/Inf loss steps",
-          "saturated_fraction": "saturated", "dead_units": "dead units", "parameters": "unused parameters",
-          "upstream_parameters": "parameters without gradient", "ratio": "step-0 loss / ln C",
-          "rise": "peak loss / step-0 loss", "median_large_update_ratio": "|update|/|weight|",
-          "median_update_ratio": "|update|/|weight|", "spike_steps": "gradient-norm spikes", "died_fraction": "units died in training",
-          "nonfinite_training": "NaN/Inf in training", "params_not_in_optimizer": "parameters not in the optimizer"}
+LABELS = {
+    "early_late_ratio": "early/late |dL/dy|", "time_grad_ratio": "earliest/latest step gradient",
+    "total_grad_norm": "global gradient norm", "nonfinite_loss_steps": "NaN/Inf loss steps",
+    "saturated_fraction": "saturated", "dead_units": "dead units", "parameters": "unused parameters",
+    "upstream_parameters": "parameters without gradient", "ratio": "step-0 loss / ln C",
+    "rise": "peak loss / step-0 loss", "median_large_update_ratio": "|update|/|weight|",
+    "median_update_ratio": "|update|/|weight|", "spike_steps": "gradient-norm spikes",
+    "died_fraction": "units died in training", "nonfinite_training": "NaN/Inf in training",
+    "amplitude_growth": "loss swing growth", "params_not_in_optimizer": "parameters not in the optimizer",
+}
 
 VERIFIED = "✓"
 NOT_RESOLVED = "✗"
