@@ -140,10 +140,13 @@ def spike_findings(stats: Any, opts: dict[str, Any], r: Any) -> list[Any]:
                 "layer_jump": s["layer_jump"], "lr": t.lr, "optimizer": t.optimizer}
     from gradcheck_cli import fixes as X
 
-    fixes = [X.fix(f"Clip the gradient norm before each optimizer step: torch.nn.utils.clip_grad_norm_("
+    # The lower learning rate first: verified, it removes the spikes of both train_grad_spikes.py and
+    # train_diverging_mlp.py; clipping at 2x the healthy median removes those of the first only
+    # (docs/calibration.md, "Verified fixes").
+    fixes = [X.fix(f"Lower the learning rate ({lr_phrase(t)} with {t.optimizer}) or add a warmup.", X.lr_probe()),
+             X.fix(f"Clip the gradient norm before each optimizer step: torch.nn.utils.clip_grad_norm_("
                    f"model.parameters(), max_norm={s['max_norm']:g}) (2x the median norm of the healthy steps, "
                    f"{fmt(s['healthy_median'])}).", X.clip(s["max_norm"])),
-             X.fix(f"Lower the learning rate ({lr_phrase(t)} with {t.optimizer}) or add a warmup.", X.lr_probe()),
              X.fix("Add weight decay and normalisation layers (LayerNorm/BatchNorm) to keep the weights' scale "
                    "bounded.", reason=X.ARCHITECTURE)]
     return [r.finding(s["layer"], msg, evidence, fixes)]
