@@ -265,10 +265,8 @@ def _apply_one(model: Any, step: dict[str, Any], nn: Any, torch: Any) -> dict[st
                 raise NotApplicable(f"{name} is a {type(m).__name__}, not a parameter-free activation module")
             if any(h in name.lower() for h in GATE_HINTS):
                 raise NotApplicable(f"{name} looks like a gate; gates keep their sigmoid")
-            if type(m).__name__ == "Softmax":
-                # softmax over a size-1 dimension is constant 1: sigmoid of that one value is the intended
-                # probability; this is safe only for that case, which the rule found.
-                pass
+            # (an nn.Softmax is swapped only when the rule found it over a size-1 dimension, where it is
+            # constant 1 and sigmoid of that one value is the intended probability)
             to = step["to"]
             new = (nn.ReLU() if to == "relu" else nn.LeakyReLU(step.get("negative_slope", 0.01)) if to == "leaky-relu"
                    else nn.Sigmoid() if to == "sigmoid" else None)
@@ -329,6 +327,8 @@ def _apply_one(model: Any, step: dict[str, Any], nn: Any, torch: Any) -> dict[st
             if not isinstance(m, nn.LSTM):
                 raise NotApplicable(f"{name} is not an nn.LSTM")
             h = m.hidden_size
+            if not m.bias:
+                raise NotApplicable(f"{name} has no biases (bias=False)")
             for pname, p in m.named_parameters():
                 if pname.startswith("bias_"):
                     # PyTorch orders the gates (input, forget, cell, output); bias_ih + bias_hh is the bias
