@@ -379,3 +379,14 @@ def tanh_mlp_xavier_8():
             nn.init.xavier_normal_(mod.weight, gain=nn.init.calculate_gain("tanh"))
             nn.init.zeros_(mod.bias)
     return m
+
+
+def plain_relu_cnn_xavier_30():
+    """Broken twin of plain_relu_cnn_he_30: the same 30-layer plain ReLU CNN initialised with Glorot/Xavier
+    (gain 1), which halves the signal's variance at every ReLU layer: 2^-15 over the depth (He et al. 2015,
+    fig. 3: such a 30-layer net does not train)."""
+    m = PlainReluCNN()
+    for conv in m.convs:
+        nn.init.xavier_normal_(conv.weight)
+        nn.init.zeros_(conv.bias)
+    return m

@@ -18,7 +18,8 @@ from gradcheck_cli.findings import FailOn, Report, Severity
 
 def check(model: Any, batch: Any = None, *, loss: str | Callable | None = None,
            input_shape: tuple[int, ...] | None = None, steps: int = 3, seed: int = 0, device: str = "auto",
-           fail_on: str | FailOn = "warning", rules: dict[str, dict[str, Any]] | None = None) -> Report:
+           fail_on: str | FailOn = "warning", rules: dict[str, dict[str, Any]] | None = None,
+           verify_fixes: bool | str = False) -> Report:
     """Check a model's gradients; the model is left exactly as it was given.
 
     model:  an nn.Module, or a spec string "path/to/file.py:NAME" / "package.module:NAME".
@@ -28,6 +29,8 @@ def check(model: Any, batch: Any = None, *, loss: str | Callable | None = None,
     loss:   None (the output's own .loss, else cross-entropy for class targets, else MSE),
             "cross-entropy" | "mse" | "bce-with-logits", a callable (output, target) -> scalar, or a spec.
     rules:  per-rule settings as in gradcheck.yaml, e.g. {"dead-relus": {"fraction": 0.3}}.
+    verify_fixes: True (or "failing") / "all": apply each fix gradcheck can make to a deep copy and re-run
+            the check (Finding.verification); the model itself is never changed.
     Raises gradcheck_cli.errors.InputError for bad input and UserCodeError when the model's code raises.
     """
     import torch.nn as nn
@@ -38,6 +41,10 @@ def check(model: Any, batch: Any = None, *, loss: str | Callable | None = None,
     from gradcheck_cli.pipeline import check_loaded, resolve_device, run_check
 
     fail = FailOn(fail_on.value if isinstance(fail_on, FailOn) else fail_on)
+    verify = {True: "failing", False: "off"}.get(verify_fixes, verify_fixes) if isinstance(verify_fixes, bool) \
+        else verify_fixes
+    if verify not in ("off", "failing", "all"):
+        raise InputError(f"verify_fixes must be True, False, 'failing', 'all' or 'off' (got {verify_fixes!r})")
     rule_settings: dict[str, RuleSettings] = load_rules_mapping(rules or {}, source="check(rules=...)")
     loss_spec = loss if isinstance(loss, str) or loss is None else None
     if isinstance(model, str):
@@ -46,7 +53,8 @@ def check(model: Any, batch: Any = None, *, loss: str | Callable | None = None,
             if callable(loss):
                 raise InputError("with a model spec string, give `loss` as a name or spec string too")
             return run_check(Settings(model=model, batch=batch_spec, loss=loss_spec, input_shape=input_shape,
-                                      steps=steps, seed=seed, device=device, fail_on=fail, rules=rule_settings))
+                                      steps=steps, seed=seed, device=device, fail_on=fail, rules=rule_settings,
+                                      verify_fixes=verify))
         raise InputError("with a model spec string, give `batch` as a path or spec string (or None)")
     if not isinstance(model, nn.Module):
         raise InputError(f"check() needs an nn.Module or a 'file.py:NAME' spec, got {type(model).__name__}")
@@ -66,7 +74,7 @@ def check(model: Any, batch: Any = None, *, loss: str | Callable | None = None,
     else:
         loss_fn = losses.resolve(loss_spec)
     settings = Settings(model=f"<{type(model).__name__} instance>", steps=steps, seed=seed, device=device,
-                        fail_on=fail, rules=rule_settings)
+                        fail_on=fail, rules=rule_settings, verify_fixes=verify)
     if steps < 1:
         raise InputError(f"steps must be at least 1 (got {steps})")
     return check_loaded(model, source, loss_fn, settings, dev, t0)

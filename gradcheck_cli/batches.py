@@ -171,8 +171,34 @@ class CallableBatches:
         self._iter: Iterator | None = None
         if not callable(obj) and hasattr(obj, "__iter__"):
             self._iter = iter(obj)
+        # --verify-fixes: the batches drawn, in call order, so a re-run on a changed copy gets the same ones
+        self._recorded: list[Batch] | None = None
+        self._next: int | None = None
+
+    def record(self) -> None:
+        """Keep every batch drawn from now on (for replay())."""
+        self._recorded = []
+
+    def forget(self) -> None:
+        self._recorded, self._next = None, None
+
+    def replay(self) -> None:
+        """The next gets return the recorded batches from the first, in order; past the end, new ones."""
+        if self._recorded is not None:
+            self._next = 0
 
     def get(self, step: int, device: torch.device) -> Batch:
+        if self._next is not None and self._recorded is not None and self._next < len(self._recorded):
+            self._next += 1
+            return _fresh(_on_device(self._recorded[self._next - 1], device, self.float_dtype))
+        b = self._draw(step)
+        if self._recorded is not None:
+            self._recorded.append(b)
+            if self._next is not None:
+                self._next += 1
+        return _fresh(_on_device(b, device, self.float_dtype))
+
+    def _draw(self, step: int) -> Batch:
         try:
             if self._iter is not None:
                 raw = next(self._iter)
@@ -189,7 +215,7 @@ class CallableBatches:
         except (Exception, SystemExit) as exc:
             raise UserCodeError(exc_line(exc), phase="batch", where=self.spec,
                                 original=exc) from exc
-        return _fresh(_on_device(to_batch(raw, self.spec), device, self.float_dtype))
+        return to_batch(raw, self.spec)
 
 
 @dataclass

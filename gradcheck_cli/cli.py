@@ -101,6 +101,12 @@ def _given_value(names: list[str], args: list[str]) -> str | None:
 class _Command(TyperCommand):
     """Plain help without the type placeholder Typer puts after an argument's name (`MODEL <str>`)."""
 
+    def parse_args(self, ctx, args):  # noqa: ANN001
+        # `--verify-fixes` alone means `--verify-fixes=failing` (an option with an optional value, without
+        # click's habit of taking the next word, e.g. MODEL, as that value).
+        args = ["--verify-fixes=failing" if a == "--verify-fixes" else a for a in args]
+        return super().parse_args(ctx, args)
+
     def get_help(self, ctx) -> str:  # noqa: ANN001
         return re.sub(r"^(  [A-Z_]+) <[a-z]+>", lambda m: m[1] + " " * (len(m[0]) - len(m[1])),
                       super().get_help(ctx), flags=re.M)
@@ -124,6 +130,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 OutputFormat = Enum("OutputFormat", {f: f for f in FORMATS}, type=str, module=__name__)
 Device = Enum("Device", {d: d for d in DEVICES}, type=str, module=__name__)
 Precision = Enum("Precision", {p: p for p in PRECISIONS}, type=str, module=__name__)
+VerifyMode = Enum("VerifyMode", {m: m for m in ("off", "failing", "all")}, type=str, module=__name__)
 
 
 def _version(value: bool) -> None:
@@ -232,6 +239,13 @@ def check(
         metavar="LR", help="For --train-steps: the learning rate (overrides the optimizer's default).")] = None,
     precision: Annotated[Optional[Precision], typer.Option(
         help="For --train-steps: fp32, or bf16/fp16 under torch.autocast (fp16 with a GradScaler) [default:\u00a0fp32].")] = None,
+    verify_fixes: Annotated[Optional[VerifyMode], typer.Option(
+        "--verify-fixes", metavar="[=all]",
+        help="Apply each fix gradcheck can make itself to a deep copy of the model, re-run the same check "
+             "(same seed, batches, loss; the same rehearsal with --train-steps) and report whether the finding "
+             "is gone, the key number before -> after and anything new. --verify-fixes: the findings at or above "
+             "--fail-on; --verify-fixes=all: every finding; =off: none. The exit code stays the model's as "
+             "given [default:\u00a0off].")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")] = False,
 ) -> None:
     """Run a few instrumented forward/backward passes on MODEL and report gradient problems.
@@ -254,7 +268,8 @@ def check(
     _state["rank"] = ctx.rank if ctx is not None else 0
     try:
         _check(model, batch, loss, input_shape, steps, format, output, config, fail_on, baseline, write_baseline,
-               seed, device, max_rows, timeout, color, verbose, ctx, train_steps, optimizer, lr, precision)
+               seed, device, max_rows, timeout, color, verbose, ctx, train_steps, optimizer, lr, precision,
+               verify_fixes)
     except typer.Exit as done:
         code = done.exit_code
         if ctx is not None:
@@ -273,7 +288,7 @@ def _main_rank() -> bool:
 
 def _check(model, batch, loss, input_shape, steps, format, output, config, fail_on, baseline,  # noqa: ANN001
            write_baseline, seed, device, max_rows, timeout, color, verbose, ctx, train_steps=None, optimizer=None,
-           lr=None, precision=None) -> None:
+           lr=None, precision=None, verify_fixes=None) -> None:
     from gradcheck_cli import config as cfg
     from gradcheck_cli.batches_shape import parse_shape
     from gradcheck_cli.findings import Suite
@@ -301,6 +316,7 @@ def _check(model, batch, loss, input_shape, steps, format, output, config, fail_
             "timeout": timeout, "baseline": str(baseline) if baseline else None,
             "train_steps": train_steps, "optimizer": optimizer, "lr": lr,
             "precision": precision.value if precision else None,
+            "verify_fixes": verify_fixes.value if verify_fixes else None,
         }, config)
         outputs = _parse_outputs(settings.outputs, fmt if fmt else (
             settings.format if settings.format != "text" else None))
@@ -351,13 +367,15 @@ def _check_one(s, suite, target: dict, verbose: bool, single: bool) -> None:
     from gradcheck_cli.progress import TrainProgress
 
     progress = TrainProgress(err)   # the training rehearsal's bar, removed however the check ends
+    verifying = TrainProgress(err, label="verifying fixes")
     try:
-        _check_one_with(s, suite, target, verbose, single, progress)
+        _check_one_with(s, suite, target, verbose, single, progress, verifying)
     finally:
         progress.close()
+        verifying.close()
 
 
-def _check_one_with(s, suite, target: dict, verbose: bool, single: bool, progress) -> None:
+def _check_one_with(s, suite, target: dict, verbose: bool, single: bool, progress, verifying=None) -> None:
     from gradcheck_cli.findings import ModelError
     from gradcheck_cli.pipeline import run_check
 
@@ -378,7 +396,8 @@ def _check_one_with(s, suite, target: dict, verbose: bool, single: bool, progres
         with _stdout_to_stderr(), SecondInterrupt():
             suite.reports.append(run_check(s, on_hard_stop=lambda phase, msg: _write_error(
                 target, s.model, {"type": "user-code", "phase": phase, "message": msg.removeprefix("error: "),
-                                  "where": None, "hint": None, "exit_code": 3}), progress=progress))
+                                  "where": None, "hint": None, "exit_code": 3}), progress=progress,
+                verify_progress=verifying))
         return
     except GradcheckError as exc:
         _rank_failed(exc, target, s.model)

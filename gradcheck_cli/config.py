@@ -54,6 +54,7 @@ class Settings:
     optimizer: str = "adam"              # sgd | adam | adamw | FILE.py:NAME | pkg.mod:NAME
     lr: float | None = None              # default per built-in optimizer (measure/training.DEFAULT_LR)
     precision: str = "fp32"              # fp32 | bf16 | fp16
+    verify_fixes: str = "off"            # --verify-fixes: off | failing | all (gradcheck_cli/verify.py)
     rules: dict[str, RuleSettings] = field(default_factory=dict)
     ignore: list[Any] = field(default_factory=list)      # baseline.Ignore entries
     baseline: str | None = None
@@ -121,6 +122,18 @@ def _choice(path: str, key: str, v: Any, allowed: tuple[str, ...]) -> str:
     return v
 
 
+VERIFY_MODES = ("off", "failing", "all")
+
+
+def _verify(path: str, key: str, v: Any) -> str:
+    """verify_fixes: true (the failing findings), false, or one of off | failing | all."""
+    if isinstance(v, bool):
+        return "failing" if v else "off"
+    if isinstance(v, str) and v in VERIFY_MODES:
+        return v
+    raise ConfigError(path, key, f"expected true, false or one of {', '.join(VERIFY_MODES)} (got {_show(v)})")
+
+
 def _str(path: str, key: str, v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise ConfigError(path, key, f"expected a non-empty string (got {_show(v)})")
@@ -168,13 +181,14 @@ TOP_KEYS: dict[str, Any] = {
     "optimizer": lambda p, k, v: _optimizer(p, k, v),
     "lr": lambda p, k, v: _lr(p, k, v),
     "precision": lambda p, k, v: _choice(p, k, v, PRECISIONS),
+    "verify_fixes": lambda p, k, v: _verify(p, k, v),
     "rules": None,   # validated below
     "ignore": None,
     "models": None,
 }
 # What one entry of `models:` may set; the rest (format, output, fail_on, ...) is for the whole run.
 MODEL_KEYS = ("model", "batch", "loss", "input_shape", "steps", "seed", "device", "timeout", "rules", "ignore",
-              "train_steps", "optimizer", "lr", "precision")
+              "train_steps", "optimizer", "lr", "precision", "verify_fixes")
 from gradcheck_cli.choices import PRECISIONS  # noqa: E402  (the one list)
 OPTIMIZERS = ("sgd", "adam", "adamw")
 

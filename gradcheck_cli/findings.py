@@ -49,6 +49,8 @@ class Finding:
     suppressed: dict[str, Any] | None = None
     # Every layer the finding covers (`layer` first), e.g. all the saturated layers, not only the first.
     layers: list[str] = field(default_factory=list)
+    # --verify-fixes: one entry per fix, in the order of `fixes` (docs/json-schema.md); None: not verified
+    verification: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if not self.layers and self.layer is not None:
@@ -64,6 +66,8 @@ class Finding:
         d["severity"] = self.severity.value
         d["message"] = plain_text(self.message)
         d["fixes"] = [plain_text(x) for x in self.fixes]
+        if self.verification is None:
+            del d["verification"]
         return d
 
 

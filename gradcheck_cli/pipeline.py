@@ -43,7 +43,7 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
-def run_check(s: Settings, on_hard_stop: Any = None, progress: Any = None) -> Report:
+def run_check(s: Settings, on_hard_stop: Any = None, progress: Any = None, verify_progress: Any = None) -> Report:
     """Run the whole check (and the training rehearsal, with s.train_steps). With s.timeout, a phase that
     does not finish in time raises UserCodeError. progress(step, total): called after each training step.
 
@@ -55,7 +55,7 @@ def run_check(s: Settings, on_hard_stop: Any = None, progress: Any = None) -> Re
     from gradcheck_cli import batches, loading, losses, measure, sources  # noqa: F401
     try:
         with Deadline(s.timeout, on_hard_stop):
-            return _run_check(s, progress)
+            return _run_check(s, progress, verify_progress)
     except RunTimeout as exc:   # expired outside the user's code (imports, batch synthesis, analysis)
         raise UserCodeError(str(exc), phase=exc.phase,
                             hint="the run is slower than --timeout allows; raise --timeout") from exc
@@ -67,7 +67,7 @@ def run_check(s: Settings, on_hard_stop: Any = None, progress: Any = None) -> Re
                                  "of that code") from exc
 
 
-def _run_check(s: Settings, progress: Any = None) -> Report:
+def _run_check(s: Settings, progress: Any = None, verify_progress: Any = None) -> Report:
     t0 = time.perf_counter()
     set_phase("load")
     from gradcheck_cli import batches, loading, losses
@@ -106,7 +106,8 @@ def _run_check(s: Settings, progress: Any = None) -> Report:
             distributed.agree(ctx, exc)
         raise
     driver = distributed.Driver(ctx, source) if ctx is not None else None
-    return check_loaded(model, source, loss_fn, s, device, t0, origin=obj, dist=driver, progress=progress)
+    return check_loaded(model, source, loss_fn, s, device, t0, origin=obj, dist=driver, progress=progress,
+                        verify_progress=verify_progress)
 
 
 def refuse_unsupported(model: Any) -> None:
@@ -135,7 +136,7 @@ def refuse_unsupported(model: Any) -> None:
 
 
 def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any, t0: float,
-                 origin: Any = None, dist: Any = None, progress: Any = None) -> Report:
+                 origin: Any = None, dist: Any = None, progress: Any = None, verify_progress: Any = None) -> Report:
     """The passes, the rules and the report for a model, batch source and loss already in hand.
     `origin` is what the spec named (class, factory or instance), for source locations."""
     from gradcheck_cli import sources
@@ -146,6 +147,9 @@ def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any
     refuse_unsupported(model)
     # torch.compile / DDP / DataParallel add `_orig_mod.` / `module.` to every name: check the model inside.
     model, wrappers = unwrap(model)
+    verify = getattr(s, "verify_fixes", "off")
+    if verify != "off" and hasattr(source, "record"):
+        source.record()   # a batch callable: the re-runs of --verify-fixes replay the same batches
     t1 = time.perf_counter()
     try:
         with host_rngs_preserved():   # the passes seed numpy and random too (models that draw from them)
@@ -159,12 +163,7 @@ def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any
                             phase="forward", where=f"`(model)` ({type(model).__name__})",
                             hint="leave hooks in place while gradcheck runs; a check that measured nothing "
                                  "cannot pass")
-    dtypes = {str(p.dtype).replace("torch.", "") for p in model.parameters() if p.requires_grad}
-    result.stats.param_dtype = dtypes.pop() if len(dtypes) == 1 else None
-    result.stats.loss_kind = getattr(loss_fn, "kind", None)
-    result.stats.loss_classes = getattr(loss_fn, "classes", None)
-    result.stats.loss_outputs = getattr(loss_fn, "outputs", None)
-    result.stats.loss_ignored_outputs = getattr(loss_fn, "ignored", None)
+    annotate_stats(result.stats, model, loss_fn)
     if result.stats.loss_ignored_outputs:
         result.notes.append(f"the default loss could not use {', '.join(result.stats.loss_ignored_outputs)} "
                             "(no target fits it, or it does not require grad); pass --loss file.py:NAME to cover it")
@@ -204,6 +203,7 @@ def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any
         "timeout_s": s.timeout,
         **({"train_steps": s.train_steps, "optimizer": s.optimizer, "lr": s.lr, "precision": s.precision}
            if getattr(s, "train_steps", 0) else {}),
+        **({"verify_fixes": verify} if verify != "off" else {}),
         "ignore": [{"rule": i.rule, "layer": i.layer, "model": i.model, "reason": i.reason} for i in s.ignore],
         "rules": {rid: {"enabled": rs.enabled, "severity": rs.severity.value if rs.severity else None,
                         **rs.options} for rid, rs in s.rules.items()},
@@ -218,8 +218,52 @@ def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any
         from gradcheck_cli.baseline import apply_ignores
 
         apply_ignores(report, s.ignore)
+    if verify != "off":
+        if dist is not None:
+            report.notes.append("--verify-fixes is not supported under torchrun yet: the fixes were not verified")
+        else:
+            _verify(report, model, source, loss_fn, s, device, verify, verify_progress)
     return report
 
+
+def annotate_stats(stats: RunStats, model: Any, loss_fn: Any) -> None:
+    """What the rules read besides the measurements: the parameters' dtype and the loss used."""
+    dtypes = {str(p.dtype).replace("torch.", "") for p in model.parameters() if p.requires_grad}
+    stats.param_dtype = dtypes.pop() if len(dtypes) == 1 else None
+    stats.loss_kind = getattr(loss_fn, "kind", None)
+    stats.loss_classes = getattr(loss_fn, "classes", None)
+    stats.loss_outputs = getattr(loss_fn, "outputs", None)
+    stats.loss_ignored_outputs = getattr(loss_fn, "ignored", None)
+
+
+def _verify(report: Report, model: Any, source: Any, loss_fn: Any, s: Settings, device: Any, mode: str,
+            progress: Any) -> None:
+    """--verify-fixes: each mechanical fix re-run on a changed copy (gradcheck_cli/verify.py). The exit code
+    stays the model's as given: only `verification` entries and timings are added."""
+    from gradcheck_cli import verify
+    from gradcheck_cli.errors import GradcheckError
+
+    def rules(stats: RunStats) -> list[Finding]:
+        found = apply_rules(stats, s.rules)
+        if s.ignore:   # accepted findings are not "new" after a change either
+            for f in found:
+                for ig in s.ignore:
+                    if ig.matches(f, s.model or ""):
+                        f.suppressed = {"by": "ignore", "reason": ig.reason}
+                        break
+        return found
+
+    traj = getattr(report, "training", None) or {}
+    ctx = verify.Context(model=model, source=source, loss_fn=loss_fn, settings=s, device=device, rules=rules,
+                         annotate=annotate_stats, lr=traj.get("lr"))
+    try:
+        verify.verify_report(report, ctx, mode, progress)
+    except GradcheckError as exc:
+        add_hint(exc)
+        raise
+    finally:
+        if hasattr(source, "forget"):
+            source.forget()   # drop the batches kept for the re-runs
 
 def add_hint(exc: GradcheckError) -> None:
     """The measuring code says what went wrong (exc.reason, exc.detail); which option fixes it is said

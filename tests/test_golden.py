@@ -107,3 +107,53 @@ def test_broken_golden_has_each_expected_finding():
     assert {"vanishing-gradients", "saturated-activations", "unused-parameters"} <= rules
     assert report.exit_code == 1
     assert build(healthy_stats(), "m.py:build").exit_code == 0
+
+
+def verified_report():
+    """The broken report as --verify-fixes leaves it (entries written by hand: the renderers' input only).
+    A module name with markup and a pipe checks the escaping of the change in every format."""
+    report = build(broken_stats(), "model_broken.py:build")
+    for f in report.findings:
+        if f.rule == "vanishing-gradients":
+            f.verification = [
+                {"fix": 0, "change": "5 modules (net.1, net.3, net.5 and 2 more) nn.Sigmoid -> nn.ReLU; "
+                                     "kaiming_normal_(nonlinearity='relu') on the weights of 4 modules",
+                 "resolved": True, "metric": "early_late_ratio", "before": 1.23e-6, "after": 0.84,
+                 "new_findings": []}] + [
+                {"fix": i, "change": None, "reason": "changes the architecture (new layers): a code change "
+                                                     "gradcheck does not make"} for i in range(1, len(f.fixes))]
+        elif f.rule == "saturated-activations":
+            f.verification = [
+                {"fix": 0, "change": "xavier_normal_ on the weights of 1 module (net.<b>|8</b>)", "resolved": False,
+                 "metric": "saturated_fraction", "before": 0.72, "after": 0.61, "new_findings": ["initial-loss"]}] + [
+                {"fix": i, "change": None, "reason": "changes the input data, outside the model"}
+                for i in range(1, len(f.fixes))]
+    report.timings["verify_s"] = 1.25
+    report.run["verification"] = {"mode": "failing", "findings": 2, "runs": 2, "seconds": 1.25}
+    return report
+
+
+@pytest.mark.parametrize("fmt,name", [("text", "broken-verified.txt"), ("json", "broken-verified.json"),
+                                      ("markdown", "broken-verified.md"), ("sarif", "broken-verified.sarif"),
+                                      ("junit", "broken-verified.junit.xml")])
+def test_verified_fixes_goldens(fmt, name):
+    out = io.StringIO()
+    render(verified_report(), fmt, out, **({"color": False, "width": 80} if fmt == "text" else {}))
+    text = out.getvalue()
+    if fmt == "text":
+        assert "✓ verified: early/late |dL/dy| 1.23e-06 -> 0.84" in text
+        assert "✗ not resolved: saturated 72% -> 61%; new: initial-loss" in text
+        assert max(len(line) for line in text.splitlines()) <= 80
+    if fmt == "markdown":
+        assert "<b>" not in text and "net.&lt;b&gt;\\|8&lt;/b&gt;" in text
+    if fmt == "junit":
+        assert "<b>" not in text
+    check_golden(name, text)
+
+
+def test_verified_fixes_in_html_are_escaped():
+    out = io.StringIO()
+    render(verified_report(), "html", out)
+    html = out.getvalue()
+    assert 'class="verification ok"' in html and 'class="verification bad"' in html
+    assert "net.&lt;b&gt;|8&lt;/b&gt;" in html and "<b>|8" not in html

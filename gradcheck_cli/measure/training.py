@@ -44,6 +44,10 @@ class TrainSettings:
     optimizer: str = "adam"
     lr: float | None = None
     precision: str = "fp32"
+    # verified fixes: a changed rehearsal (the copy trains with the fix; the run as given is unchanged)
+    lr_scale: float = 1.0                   # every group's learning rate times this
+    clip_max_norm: float | None = None      # clip_grad_norm_ before every optimizer step
+    add_params: tuple[str, ...] = ()        # parameters (names) added to the optimizer as a new group
 
 
 def build_optimizer(spec: str, lr: float | None, model: nn.Module) -> tuple[Any, Any, str, float | None]:
@@ -178,6 +182,8 @@ def _rehearse(model: nn.Module, batches: Any, loss_fn: Any, *, train: TrainSetti
                              reason="device-move") from None
     net.train()
     opt, sched, opt_desc, lr = build_optimizer(train.optimizer, train.lr, net)
+    if train.lr_scale != 1.0 or train.add_params:
+        opt_desc, lr = _changed_optimizer(opt, net, train, opt_desc, lr)
     cuda = model_state.seeded_devices(net, device)
     notes: list[str] = []
     mon = Monitor(net).attach()
@@ -231,6 +237,8 @@ def _rehearse(model: nn.Module, batches: Any, loss_fn: Any, *, train: TrainSetti
                                                     scaler, key, seed, cuda, step)
                     relus.step_mask = {}
                 set_phase("optimizer")
+                if train.clip_max_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, train.clip_max_norm)
                 before = torch._foreach_mul([p.detach() for p in params], 1.0)
                 try:
                     if scaler is not None:
@@ -289,6 +297,25 @@ def _rehearse(model: nn.Module, batches: Any, loss_fn: Any, *, train: TrainSetti
                      "optimizer: they never change")
     del net, opt, mon
     return traj, notes
+
+
+def _changed_optimizer(opt: Any, net: nn.Module, train: TrainSettings, desc: str,
+                       lr: float | None) -> tuple[str, float | None]:
+    """A verified fix: scale every group's learning rate, add the missing parameters as a group."""
+    if train.lr_scale != 1.0:
+        for g in opt.param_groups:
+            g["lr"] = g["lr"] * train.lr_scale
+            if "initial_lr" in g:
+                g["initial_lr"] = g["initial_lr"] * train.lr_scale
+        lr = lr * train.lr_scale if lr is not None else None
+        desc = f"{desc} x{train.lr_scale:g}"
+    if train.add_params:
+        named = dict(net.named_parameters())
+        have = {id(p) for g in opt.param_groups for p in g["params"]}
+        extra = [named[n] for n in train.add_params if n in named and id(named[n]) not in have]
+        if extra:
+            opt.add_param_group({"params": extra})
+    return desc, lr
 
 
 def _forward_backward(net: nn.Module, batch: Any, loss_fn: Any, losses: Any, mon: Monitor, dev_type: str,

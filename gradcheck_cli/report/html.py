@@ -15,6 +15,7 @@ from typing import Any, TextIO
 from gradcheck_cli import __version__
 from gradcheck_cli.findings import Finding, ModelError, Report, Suite
 from gradcheck_cli.numbers import fmt
+from gradcheck_cli.report import verification as vf
 from gradcheck_cli.report.view import KIND_LABELS, LayerView, ReportView, build_view
 
 MAX_X_LABELS = 40
@@ -56,6 +57,14 @@ margin:.8rem 0;break-inside:avoid}
 .finding .message{margin:.3rem 0}.loc{color:var(--muted);font-weight:400}
 .evidence td:first-child{color:var(--muted);white-space:nowrap}.evidence td{font-size:.9em}
 .fixes li{margin:.2rem 0}
+.verification{font-size:.9em;margin:.2rem 0 .4rem}
+.verification.ok strong{color:#1a7f37}.verification.warn strong{color:#9a6700}.verification.bad strong{color:#cf222e}
+.verification.none{opacity:.7}.verification .changed{opacity:.8}
+svg.before-after{width:100%;max-width:360px;height:auto;font-size:9px}
+svg.before-after text{fill:currentColor}
+svg.before-after polyline.before{stroke:#8c959f;stroke-dasharray:4 3;stroke-width:1.5}
+svg.before-after polyline.after{stroke:#1a7f37;stroke-width:2}
+svg.before-after text.before{fill:#8c959f}svg.before-after text.after{fill:#1a7f37}
 .suppressed{color:var(--muted)}.suppressed li{margin:.2rem 0}
 .error-box{border:2px solid var(--red);background:#fff5f5;border-radius:4px;padding:.6rem 1rem}
 .error-box dt{font-weight:700;float:left;clear:left;width:7rem}.error-box dd{margin:0 0 .2rem 7.5rem}
@@ -348,7 +357,8 @@ def chart(report: Report, view: ReportView) -> str:
     return "\n".join(p)
 
 
-def _finding(f: Finding, n: int) -> str:
+def _finding(f: Finding, n: int, layers: list[dict[str, Any]] | None = None) -> str:
+    layers = layers or []
     sev = f.severity.value
     at = f' at <code>{_e(_name(f.layer))}</code>' if f.layer is not None else ""
     loc = (f' <span class="loc">{_e(f.location["file"])}:{_e(f.location["line"])}</span>' if f.location else "")
@@ -360,9 +370,62 @@ def _finding(f: Finding, n: int) -> str:
                        for k, v in f.evidence.items())
         p.append(f'<div class="table-box"><table class="evidence"><tbody>{rows}</tbody></table></div>')
     if f.fixes:
-        p.append('<ol class="fixes">' + "".join(f"<li>{_prose(x)}</li>" for x in f.fixes) + "</ol>")
+        checked = vf.by_fix(f.verification)
+        p.append('<ol class="fixes">' + "".join(f"<li>{_prose(x)}{_verified(checked.get(i), layers)}</li>"
+                                                for i, x in enumerate(f.fixes)) + "</ol>")
     p.append("</article>")
     return "\n".join(p)
+
+
+def _verified(v: dict[str, Any] | None, layers: list[dict[str, Any]]) -> str:
+    """--verify-fixes below a fix: the verdict with before -> after, what changed, and for a depth profile
+    the chart of |dL/dy| per layer before and after the change."""
+    if v is None:
+        return ""
+    if v.get("change") is None:
+        return f'<div class="verification none">{_e(vf.headline(v))}</div>'
+    cls = "ok" if v.get("resolved") and not v.get("new_findings") else ("warn" if v.get("resolved") else "bad")
+    out = [f'<div class="verification {cls}"><strong>{_e(vf.headline(v))}</strong>',
+           f'<div class="changed">changed: {_e(v["change"])}</div>']
+    if isinstance(v.get("profile_after"), dict):
+        out.append(_before_after_chart(layers, v["profile_after"]))
+    out.append("</div>")
+    return "".join(out)
+
+
+def _before_after_chart(layers: list[dict[str, Any]], after: dict[str, Any]) -> str:
+    """|dL/dy| per weight layer (forward order, log scale): the model as given and the changed copy."""
+    names = [l["name"] for l in layers if l.get("name") in after]
+    before = {l["name"]: l.get("output_grad_norm") for l in layers}
+    series = {"before": [before.get(n) for n in names], "after": [after.get(n) for n in names]}
+    vals = [v for s in series.values() for v in s if isinstance(v, (int, float)) and v > 0 and math.isfinite(v)]
+    if len(names) < 2 or not vals:
+        return ""
+    lo, hi = math.floor(math.log10(min(vals))), math.ceil(math.log10(max(vals)))
+    hi = hi if hi > lo else lo + 1
+    w, h, left, top, bottom = 360, 120, 44, 8, 18
+
+    def xy(i: int, v: float) -> str:
+        x = left + (w - left - 8) * i / (len(names) - 1)
+        y = top + (h - top - bottom) * (hi - math.log10(v)) / (hi - lo)
+        return f"{x:.1f},{y:.1f}"
+
+    parts = [f'<svg class="before-after" viewBox="0 0 {w} {h}" role="img" aria-label="|dL/dy| per layer before '
+             f'and after the change">']
+    for exp in (lo, hi):
+        y = top + (h - top - bottom) * (hi - exp) / (hi - lo)
+        parts.append(f'<text x="{left - 4}" y="{y + 3:.1f}" text-anchor="end">1e{exp}</text>')
+    for key, s in series.items():
+        pts = [xy(i, v) for i, v in enumerate(s) if isinstance(v, (int, float)) and v > 0 and math.isfinite(v)]
+        if len(pts) > 1:
+            parts.append(f'<polyline class="{key}" points="{" ".join(pts)}" fill="none"/>')
+    parts.append(f'<text x="{left}" y="{h - 4}">{_e(_name(names[0]))}</text>'
+                 f'<text x="{w - 8}" y="{h - 4}" text-anchor="end">{_e(_name(names[-1]))}</text>')
+    parts.append('<text class="before" x="{0}" y="{1}">before</text><text class="after" x="{0}" y="{2}">after'
+                 '</text>'.format(w - 60, top + 10, top + 22))
+    parts.append("</svg>")
+    return f'<div class="chart-box">{"".join(parts)}</div>'
+
 
 
 def _layer_notes(lv: LayerView) -> str:
@@ -489,7 +552,7 @@ def render_report(report: Report, view: ReportView, idx: int, counter: list[int]
         p.append('<p class="meta">No findings: gradients look healthy.</p>')
     for f in findings:
         counter[0] += 1
-        p.append(_finding(f, counter[0]))
+        p.append(_finding(f, counter[0], report.layers))
     suppressed = report.suppressed_findings()
     if suppressed:
         items = "".join(

@@ -14,6 +14,7 @@ from typing import TextIO
 from gradcheck_cli.findings import Finding, ModelError, Report, Suite
 from gradcheck_cli.numbers import fmt
 from gradcheck_cli.report import escape
+from gradcheck_cli.report import verification as vf
 
 
 def _finding_text(f: Finding) -> str:
@@ -27,7 +28,11 @@ def _finding_text(f: Finding) -> str:
     for k, v in f.evidence.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             lines.append(f"  {k} = {fmt(v)}")
-    lines += [f"  fix {i}: {x}" for i, x in enumerate(f.fixes, 1)]
+    checked = vf.by_fix(f.verification)
+    for i, x in enumerate(f.fixes, 1):
+        lines.append(f"  fix {i}: {x}")
+        if i - 1 in checked:
+            lines.append(f"    {vf.one_line(checked[i - 1])}")
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ from typing import TextIO
 from gradcheck_cli.findings import Finding, ModelError, Report, Severity, Suite
 from gradcheck_cli.numbers import count_phrase, fmt, plural
 from gradcheck_cli.report import escape
+from gradcheck_cli.report import verification as vf
 from gradcheck_cli.report.text import run_detail
 
 ICONS = {Severity.ERROR: "🔴", Severity.WARNING: "🟡", Severity.INFO: "🔵"}
@@ -56,7 +57,10 @@ def _report(report: Report, out: list[str], level: str) -> None:
             out.append(f"**{f.code} {cell(f.rule)}**" + (f" at {code(f.layer or '(model)')}" if f.layer is not None
                                                            else ""))
             out.append("")
-            out += [f"{i}. {cell(x)}" for i, x in enumerate(f.fixes, 1)]
+            checked = vf.by_fix(f.verification)
+            for i, x in enumerate(f.fixes, 1):
+                v = checked.get(i - 1)
+                out.append(f"{i}. {cell(x)}" + (f"<br>{escape.md_text(vf.one_line(v))}" if v is not None else ""))
             out.append("")
         out.append("</details>")
         out.append("")

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from gradcheck_cli import __version__
 from gradcheck_cli.findings import Finding, Report, Severity, Suite, plain_text
 from gradcheck_cli.report import escape
+from gradcheck_cli.report import verification as vf
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 INFORMATION_URI = "https://github.com/gradcheck/gradcheck"
@@ -63,9 +64,14 @@ def _result(report: Report, f: Finding, rule_index: dict[str, int]) -> dict[str,
     spec = report.model["spec"]
     layer = f.layer if f.layer else "(model)"
     text = plain_text(f.message)     # "text" is plain; "markdown" keeps the `code` spans
+    checked = vf.by_fix(f.verification)
     if f.fixes:
         text += f" Fix: {plain_text(f.fixes[0])}"
-    md = f.message + ("\n\nFixes:\n" + "\n".join(f"{i}. {x}" for i, x in enumerate(f.fixes, 1)) if f.fixes else "")
+        if 0 in checked:
+            text += f" [{vf.one_line(checked[0])}]"
+    md = f.message + ("\n\nFixes:\n" + "\n".join(
+        f"{i}. {x}" + (f" ({escape.md_text(vf.one_line(checked[i - 1]))})" if i - 1 in checked else "")
+        for i, x in enumerate(f.fixes, 1)) if f.fixes else "")
     location: dict[str, Any] = {"logicalLocations": [{"name": layer, "fullyQualifiedName": f"{spec}::{layer}",
                                                        "kind": "member"}]}
     where = f.location or report.model.get("source")
@@ -80,7 +86,8 @@ def _result(report: Report, f: Finding, rule_index: dict[str, int]) -> dict[str,
         "locations": [location],
         "partialFingerprints": {"gradcheckFinding/v1": fingerprint(spec, f)},
         "properties": {"rule": f.rule, "model": spec, "layer": f.layer, "severity": f.severity.value,
-                       "evidence": f.evidence, "fixes": [plain_text(x) for x in f.fixes]},
+                       "evidence": f.evidence, "fixes": [plain_text(x) for x in f.fixes],
+                       **({"verification": f.verification} if f.verification is not None else {})},
     }
     if f.suppressed:
         result["suppressions"] = [{"kind": "external", "status": "accepted",

@@ -20,6 +20,7 @@ from rich.text import Text
 from gradcheck_cli import __version__
 from gradcheck_cli.findings import ModelError, Report, Severity, Suite
 from gradcheck_cli.numbers import count_phrase, fmt, plural
+from gradcheck_cli.report import verification as vf
 from gradcheck_cli.report.escape import terminal as _t
 from gradcheck_cli.report.view import LayerView, ReportView, build_view
 
@@ -350,7 +351,8 @@ def report_lines(report: Report, view: ReportView, console: Console, max_rows: i
     dist = f", {report.distribution}" if report.distribution else ""
     lines += _field(console, "run", f"{plural(s['steps'], 'step')}, {run_detail(s)}, {s['device']}{dist}; "
                     f"{t.get('total_s', 0):.2f} s (load {t.get('load_s', 0):.2f}, passes {t.get('passes_s', 0):.2f}, "
-                    f"analysis {t.get('analysis_s', 0):.2f})", width)
+                    f"analysis {t.get('analysis_s', 0):.2f}"
+                    + (f", verifying fixes {t['verify_s']:.2f}" if "verify_s" in t else "") + ")", width)
     lines.append(Text())
     if view.layers:
         lines += layer_table(view, max_rows, width)
@@ -381,9 +383,13 @@ def report_lines(report: Report, view: ReportView, console: Console, max_rows: i
         if f.evidence:
             lines += _wrap(console, Text(_t(_evidence_line(f.evidence)), style="dim"), width, indent=pad,
                            first=Text(f"  {'evidence':<{LABEL}}", style="dim"))
+        checked = vf.by_fix(f.verification)
         for i, fix in enumerate(f.fixes, 1):
             lines += _wrap(console, Text(_t(fix), style="green"), width, indent=pad,
                            first=Text(f"  {'fix ' + str(i):<{LABEL}}", style="dim"))
+            v = checked.get(i - 1)
+            if v is not None:
+                lines += _verification_lines(console, v, width, pad)
         lines.append(Text())
     suppressed = report.suppressed_findings()
     if suppressed:
@@ -404,6 +410,24 @@ def report_lines(report: Report, view: ReportView, console: Console, max_rows: i
                    f"→ exit {report.exit_code}")
     lines += _wrap(console, verdict, width, indent=8)
     return lines
+
+
+def _verification_lines(console: Console, v: dict[str, Any], width: int | None, pad: int) -> list[Text]:
+    """Below a fix: "✓ verified: early/late |dL/dy| 1.16e-07 -> 0.504" and what was changed."""
+    if v.get("change") is None:
+        return _wrap(console, Text(_t(vf.headline(v)), style="dim"), width, indent=pad + 2, first=Text(" " * pad))
+    style = "bold green" if v.get("resolved") and not v.get("new_findings") else (
+        "bold yellow" if v.get("resolved") else "bold red")
+    line = Text(f"{vf.mark(v)} {vf.status(v)}", style=style)
+    rest = "; ".join(x for x in (vf.before_after(v), vf.new_phrase(v)) if x)
+    if v.get("error"):
+        rest = f"the changed copy failed to run: {v['error']}"
+    if rest:
+        line.append(f": {_t(rest)}")
+    out = _wrap(console, line, width, indent=pad + 2, first=Text(" " * pad))
+    out += _wrap(console, Text(f"changed: {_t(v['change'])}", style="dim"), width, indent=pad + 2,
+                 first=Text(" " * (pad + 2)))
+    return out
 
 
 def training_lines(training: dict[str, Any], console: Console, width: int | None) -> list[Text]:

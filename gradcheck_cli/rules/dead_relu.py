@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gradcheck_cli import fixes as X
 from gradcheck_cli import stats as S
 from gradcheck_cli.findings import Finding, Severity
 from gradcheck_cli.rules._common import (
@@ -84,19 +85,30 @@ def dead_relus(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
     msg = (f"{len(bad)} ReLU layer{'s have' if len(bad) > 1 else ' has'} mostly dead units (worst "
            f"{name(worst.name)}: {worst.dead_units} of {worst.units} units, {pct(worst.dead_fraction)}, output 0 "
            f"for every example; threshold {pct(opts['fraction'])}).")
-    fixes = [f"Replace {describe_group(bad)} with nn.LeakyReLU(0.01) (or nn.PReLU / nn.ELU) so negative "
-             "inputs still pass a gradient."]
+    feeders = list(dict.fromkeys(p.name for p in (preceding_param_layer(stats, l) for l in bad)
+                                 if p is not None and p.weight_rms is not None))
+    fixes = [X.fix(f"Replace {describe_group(bad)} with nn.LeakyReLU(0.01) (or nn.PReLU / nn.ELU) so negative "
+                   "inputs still pass a gradient.",
+                   X.swap([l.name for l in bad], "leaky-relu") if all(l.role == S.ACTIVATION for l in bad) else None,
+                   reason="the ReLUs are calls in forward's code (F.relu), not modules gradcheck can swap")]
     negative = {k: v for k, v in biases.items() if v < -0.1}
     if negative:
         k, v = next(iter(negative.items()))
-        fixes.append(f"Reset the negative biases feeding them (e.g. `{k}.bias` has mean {fmt(v)}) with "
-                     "torch.nn.init.zeros_, and initialise weights with kaiming_normal_(nonlinearity='relu').")
+        # With the biases pushing every unit below 0, LeakyReLU(0.01) passes 1% of the signal per layer (a
+        # vanishing gradient after the swap, verified); resetting the biases removes the cause: first.
+        fixes.insert(0, X.fix(f"Reset the negative biases feeding them (e.g. `{k}.bias` has mean {fmt(v)}) with "
+                           "torch.nn.init.zeros_, and initialise weights with kaiming_normal_(nonlinearity='relu').",
+                           X.init(feeders, "kaiming-normal", nonlinearity="relu")))
     else:
-        fixes.append("Initialise the weights feeding them with torch.nn.init.kaiming_normal_(w, "
-                     "nonlinearity='relu') and biases with zeros_.")
+        fixes.append(X.fix("Initialise the weights feeding them with torch.nn.init.kaiming_normal_(w, "
+                           "nonlinearity='relu') and biases with zeros_.",
+                           X.init(feeders, "kaiming-normal", nonlinearity="relu")))
     if not has_normalization(stats):
-        fixes.append("Add nn.BatchNorm1d/2d before each ReLU so each unit sees inputs on both sides of 0.")
-    fixes.append("Lower the learning rate: one large step can push a unit's bias negative for good.")
+        fixes.append(X.fix("Add nn.BatchNorm1d/2d before each ReLU so each unit sees inputs on both sides of 0.",
+                           reason=X.ARCHITECTURE))
+    fixes.append(X.fix("Lower the learning rate: one large step can push a unit's bias negative for good.",
+                       reason="at step 0 the units are already dead: a learning rate changes the steps after, "
+                              "not the dead units in hand"))
     out.append(r.finding(bad[0].name, msg, evidence, fixes, covers=[l.name for l in bad]))
     return out + died_findings(stats, opts, r)
 
@@ -120,12 +132,18 @@ def _cut_finding(stats: RunStats, cut: dict, others: list, r: Rule) -> Finding:
         evidence["feeding_bias_mean"] = {p.name: p.bias_mean}
     fixes = []
     if cut["after_last_weight"]:
-        fixes.append(f"Remove the ReLU after the last Linear ({name(layer.name)}): logits must be able to go "
-                     "negative. Return the raw outputs and let the loss (F.cross_entropy, BCEWithLogitsLoss) "
-                     "apply softmax/sigmoid.")
+        fixes.append(X.fix(f"Remove the ReLU after the last Linear ({name(layer.name)}): logits must be able to go "
+                           "negative. Return the raw outputs and let the loss (F.cross_entropy, BCEWithLogitsLoss) "
+                           "apply softmax/sigmoid.",
+                           X.remove([layer.name]) if layer.role == S.ACTIVATION else None,
+                           reason="the ReLU is a call in forward's code (F.relu), not a module gradcheck can remove"))
     else:
-        fixes.append(f"Replace {describe_group([layer] + others)} with nn.LeakyReLU(0.01) (or nn.ELU) so negative "
-                     "inputs still pass a gradient.")
+        group = [layer] + others
+        fixes.append(X.fix(f"Replace {describe_group(group)} with nn.LeakyReLU(0.01) (or nn.ELU) so negative "
+                           "inputs still pass a gradient.",
+                           X.swap([l.name for l in group], "leaky-relu") if all(l.role == S.ACTIVATION for l in group)
+                           else None,
+                           reason="the ReLUs are calls in forward's code (F.relu), not modules gradcheck can swap"))
     negative = []
     for l in [layer] + others:
         q = preceding_param_layer(stats, l)
@@ -133,9 +151,11 @@ def _cut_finding(stats: RunStats, cut: dict, others: list, r: Rule) -> Finding:
             negative.append(q)
     if negative:
         evidence["feeding_bias_mean"] = {q.name: q.bias_mean for q in negative}
-        fixes.append(f"Reset the negative biases feeding them ({', '.join(f'`{q.name}.bias` mean {fmt(q.bias_mean)}' for q in negative[:3])}"
-                     f"{' and more' if len(negative) > 3 else ''}) with torch.nn.init.zeros_: a negative bias keeps "
-                     "every unit below 0.")
+        fixes.append(X.fix(f"Reset the negative biases feeding them ({', '.join(f'`{q.name}.bias` mean {fmt(q.bias_mean)}' for q in negative[:3])}"
+                           f"{' and more' if len(negative) > 3 else ''}) with torch.nn.init.zeros_: a negative bias "
+                           "keeps every unit below 0.", X.bias([q.name for q in negative], 0.0)))
+        if not cut["after_last_weight"]:   # the cause first (the swap to LeakyReLU leaves 1% of the signal)
+            fixes.insert(0, fixes.pop())
     return r.finding(layer.name, msg, evidence, fixes, Severity.ERROR)
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gradcheck_cli import fixes as X
 from gradcheck_cli.findings import Finding, Severity
 from gradcheck_cli.rules._common import fmt
 from gradcheck_cli.rules.base import Option, Rule, rule
@@ -64,18 +65,19 @@ def loss_divergence(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Find
         return []
     spikes = grad_spikes(t, 10.0, 4)
     lower = round_sig(t.lr / 10) if t.lr else None
-    fixes = [f"Lower the learning rate 10x (--lr {lower:g} for this rehearsal; in your optimizer "
-             f"lr={lower:g})." if lower else "Lower the learning rate 10x."]
+    fixes = [X.fix(f"Lower the learning rate 10x (--lr {lower:g} for this rehearsal; in your optimizer "
+                   f"lr={lower:g})." if lower else "Lower the learning rate 10x.", X.lr_probe())]
     if spikes is not None:
-        fixes.append("Clip the gradient norm before each optimizer step: torch.nn.utils.clip_grad_norm_("
-                     f"model.parameters(), max_norm={spikes['max_norm']:g}) (2x the healthy steps' median norm "
-                     f"{fmt(spikes['healthy_median'])}).")
+        fixes.append(X.fix("Clip the gradient norm before each optimizer step: torch.nn.utils.clip_grad_norm_("
+                           f"model.parameters(), max_norm={spikes['max_norm']:g}) (2x the healthy steps' median norm "
+                           f"{fmt(spikes['healthy_median'])}).", X.clip(spikes["max_norm"])))
     else:
-        fixes.append("Clip the gradient norm before each optimizer step: "
-                     "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0).")
-    fixes += ["Use a learning-rate warmup (e.g. torch.optim.lr_scheduler.LinearLR over the first few hundred "
-              "steps), especially with Adam/AdamW.",
-              "Check the loss is averaged over the batch (reduction='mean'), and normalise inputs."]
+        fixes.append(X.fix("Clip the gradient norm before each optimizer step: "
+                           "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0).", X.clip(1.0)))
+    fixes += [X.fix("Use a learning-rate warmup (e.g. torch.optim.lr_scheduler.LinearLR over the first few hundred "
+                    "steps), especially with Adam/AdamW.", reason=X.OPTIMIZER_CHANGE),
+              X.fix("Check the loss is averaged over the batch (reduction='mean'), and normalise inputs.",
+                    reason=X.CODE_CHANGE)]
     losses = finite_prefix(t.losses)
     evidence: dict[str, Any] = {"lr": t.lr, "optimizer": t.optimizer, "steps": t.steps, "initial_loss": losses[0],
                                 "threshold": opts["rise"], "losses": t.losses}

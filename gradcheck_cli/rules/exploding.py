@@ -4,6 +4,7 @@ import math
 from typing import Any
 
 from gradcheck_cli import stats as S
+from gradcheck_cli import fixes as X
 from gradcheck_cli.findings import Finding, Severity
 from gradcheck_cli.rules._common import (
     depth_ratio, fmt, has_normalization, he_std, name, weight_layers, x_factor, xavier_std,
@@ -146,20 +147,27 @@ def exploding_gradients(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[
                 msg += (f" It grows at every step, so over 100 steps it would reach {fmt(per_step ** 99)}: "
                         "exploding through time.")
             fixes = [
-                "Clip the gradient norm before each optimizer step: "
-                "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0).",
-                f"Initialise {name(layer.name)}.weight_hh_l0 with torch.nn.init.orthogonal_ (largest singular "
-                "value 1) or scale it below 1.",
+                X.fix(f"Initialise {name(layer.name)}.weight_hh_l0 with torch.nn.init.orthogonal_ (largest singular "
+                      "value 1) or scale it below 1.",
+                      X.orthogonal([f"{layer.name}.weight_hh_l0"], 1.0) if layer.recurrent == "RNN" else None,
+                      reason="a gated cell's weight_hh stacks one matrix per gate: scale it in code"),
+                X.fix("Clip the gradient norm before each optimizer step: "
+                      "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0).", X.clip(1.0),
+                      reason=X.NEEDS_TRAINING),
             ]
             if layer.recurrent == "RNN":
-                fixes.append(f"Replace nn.RNN {name(layer.name)} with nn.LSTM or nn.GRU.")
+                fixes.append(X.fix(f"Replace nn.RNN {name(layer.name)} with nn.LSTM or nn.GRU.", reason=X.ARCHITECTURE))
             findings.append(r.finding(layer.name, msg, evidence, fixes))
     return findings + spike_findings(stats, opts, r)
 
 
 def _fixes(stats: RunStats, evidence: dict[str, Any]) -> list[str]:
-    fixes = ["Clip the gradient norm before each optimizer step: "
-             "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)."]
+    # At step 0 the cause is the weights' scale: re-initialising them is the fix that removes it (verified
+    # on the calibration models, docs/calibration.md), so it comes first; clipping only bounds the steps.
+    clip = X.fix("Clip the gradient norm before each optimizer step: "
+                 "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0).", X.clip(1.0),
+                 reason=X.NEEDS_TRAINING)
+    fixes = []
     big = []
     for w in weight_layers(stats):
         relu_like = any(x.activation == S.RELU for x in stats.layers)
@@ -170,16 +178,22 @@ def _fixes(stats: RunStats, evidence: dict[str, Any]) -> list[str]:
         w, factor, init = big[0]
         evidence["oversized_weights"] = {b[0].name: b[1] for b in big}
         fn = "kaiming_normal_(w, nonlinearity='relu')" if init == "He" else "xavier_normal_(w)"
-        fixes.append(f"Re-initialise the {len(big)} weight layers whose std exceeds {init} init "
-                     f"(e.g. {name(w.name)}: std {fmt(w.weight_rms)} = {factor:.1f}x the {init} std) with "
-                     f"torch.nn.init.{fn}.")
+        fixes.append(X.fix(f"Re-initialise the {len(big)} weight layers whose std exceeds {init} init "
+                           f"(e.g. {name(w.name)}: std {fmt(w.weight_rms)} = {factor:.1f}x the {init} std) with "
+                           f"torch.nn.init.{fn}.",
+                           X.init([b[0].name for b in big], "kaiming-normal" if init == "He" else "xavier-normal",
+                                  nonlinearity="relu" if init == "He" else None, zero_bias=False)))
+        fixes.append(clip)
     else:
-        fixes.append("Initialise weights with torch.nn.init.kaiming_normal_ (ReLU-family) or xavier_normal_ "
-                     "(tanh/sigmoid) so each layer's gain is about 1.")
+        fixes.append(clip)
+        fixes.append(X.fix("Initialise weights with torch.nn.init.kaiming_normal_ (ReLU-family) or xavier_normal_ "
+                           "(tanh/sigmoid) so each layer's gain is about 1.", reason="no layer's weights exceed their "
+                           "init std: there is no re-initialisation to derive from the statistics"))
     if not has_normalization(stats):
-        fixes.append("Add nn.BatchNorm1d/2d or nn.LayerNorm after the weight layers to keep activations "
-                     "and gradients at unit scale.")
-    fixes.append("Add weight decay (L2) to the optimizer and lower the learning rate.")
+        fixes.append(X.fix("Add nn.BatchNorm1d/2d or nn.LayerNorm after the weight layers to keep activations "
+                           "and gradients at unit scale.", reason=X.ARCHITECTURE))
+    fixes.append(X.fix("Add weight decay (L2) to the optimizer and lower the learning rate.",
+                       reason=X.OPTIMIZER_CHANGE))
     return fixes
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from gradcheck_cli import fixes as X
 from gradcheck_cli.findings import Finding, Severity
 from gradcheck_cli.rules._common import fmt, name, weight_layers
 from gradcheck_cli.rules.base import Option, Rule, rule
@@ -74,9 +75,13 @@ def initial_loss(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding
         if head.weight_rms is not None:
             evidence["head_weight_rms"] = head.weight_rms
         std = f" (weight std {fmt(head.weight_rms)})" if head.weight_rms is not None else ""
-        fixes.append(f"Initialise the output layer {name(head.name)}{std} small, e.g. "
-                     "torch.nn.init.normal_(w, std=0.02) and zeros_ for its bias, so the first logits are near 0; "
-                     "for a Hugging Face model keep initializer_range at its default (0.02).")
+        # Cross-entropy with logits far from 0 grows about linearly with their scale: shrinking the head by
+        # ln C / loss (and at least to std 0.02) brings the step-0 loss back near ln C.
+        factor = min(expected / first, 0.02 / head.weight_rms if head.weight_rms else 1.0, 1.0)
+        fixes.append(X.fix(f"Initialise the output layer {name(head.name)}{std} small, e.g. "
+                           "torch.nn.init.normal_(w, std=0.02) and zeros_ for its bias, so the first logits are near 0; "
+                           "for a Hugging Face model keep initializer_range at its default (0.02).",
+                           X.scale_weight([head.name], factor)))
     fixes.append("Normalise the features before the output layer (LayerNorm/BatchNorm), and check every dropout "
                  "probability: p is the share dropped, and a p near 1 multiplies the surviving features by 1/(1-p) "
                  "in training mode.")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from gradcheck_cli import fixes as X
 from gradcheck_cli.findings import Finding, Severity
 from gradcheck_cli.rules._common import fmt, list_names, name
 from gradcheck_cli.rules.base import Rule, rule
@@ -112,10 +113,11 @@ def _dtype_and_eps_fixes(stats: RunStats) -> list[str]:
     zero_eps = [l for l in stats.layers if l.norm_eps is not None and l.norm_eps == 0]
     if zero_eps:
         l = zero_eps[0]
-        fixes.append(f"{name(l.name)} ({l.type}) has eps=0"
-                     + (f" (and {len(zero_eps) - 1} more normalisation layers)" if len(zero_eps) > 1 else "")
-                     + ": on a constant input it divides 0 by 0. Give it an eps (nn.LayerNorm(d, eps=1e-5); in a "
-                     "Hugging Face config, layer_norm_eps / rms_norm_eps / batch_norm_eps).")
+        fixes.append(X.fix(f"{name(l.name)} ({l.type}) has eps=0"
+                           + (f" (and {len(zero_eps) - 1} more normalisation layers)" if len(zero_eps) > 1 else "")
+                           + ": on a constant input it divides 0 by 0. Give it an eps (nn.LayerNorm(d, eps=1e-5); "
+                           "in a Hugging Face config, layer_norm_eps / rms_norm_eps / batch_norm_eps).",
+                           X.norm_eps([z.name for z in zero_eps], 1e-5)))
     return fixes
 
 

@@ -4,6 +4,7 @@ import re
 from typing import Any
 
 from gradcheck_cli import stats as S
+from gradcheck_cli import fixes as X
 from gradcheck_cli.findings import Finding, Severity
 from gradcheck_cli.rules._common import (
     describe_group, fmt, has_normalization, name, pct, preceding_param_layer, xavier_std,
@@ -71,12 +72,16 @@ def saturated_activations(stats: RunStats, opts: dict[str, Any], r: Rule) -> lis
     fixes = []
     if oversized:
         p, f = oversized[0]
-        fixes.append(f"Re-initialise the {len(oversized)} layers feeding them with torch.nn.init.xavier_normal_"
-                     f"(w, gain=nn.init.calculate_gain('{'tanh' if first.activation == S.TANH else 'sigmoid'}')): "
-                     f"{name(p.name)} has weight std {fmt(p.weight_rms)}, {f:.1f}x the Xavier std.")
+        act = "tanh" if first.activation == S.TANH else "sigmoid"
+        fixes.append(X.fix(f"Re-initialise the {len(oversized)} layers feeding them with torch.nn.init.xavier_normal_"
+                           f"(w, gain=nn.init.calculate_gain('{act}')): "
+                           f"{name(p.name)} has weight std {fmt(p.weight_rms)}, {f:.1f}x the Xavier std.",
+                           X.init([q.name for q, _ in oversized], "xavier-normal", nonlinearity=act,
+                                  gain=5 / 3 if act == "tanh" else 1.0, zero_bias=False)))
     else:
-        fixes.append("Initialise the layers feeding them with torch.nn.init.xavier_normal_ (Glorot) so "
-                     "pre-activations stay in the linear range.")
+        fixes.append(X.fix("Initialise the layers feeding them with torch.nn.init.xavier_normal_ (Glorot) so "
+                           "pre-activations stay in the linear range.",
+                           X.init([q.name for q in feeders], "xavier-normal", zero_bias=False)))
     gates = [l for l in bad if is_gate(l)]
     plain = [l for l in bad if l not in gates]
     if gates:
@@ -86,13 +91,21 @@ def saturated_activations(stats: RunStats, opts: dict[str, Any], r: Rule) -> lis
                      "range instead: initialise the layer computing the gate's logits with a small std (or zeros) "
                      "and a bias of 0, or normalise its input.")
     if plain:
-        fixes.append(f"Replace {describe_group(plain)} with nn.ReLU / nn.LeakyReLU(0.01) / nn.ELU in hidden layers "
-                     "(keep sigmoid only for outputs and gates) and use kaiming_normal_ init.")
+        modules = [l for l in plain if l.role == S.ACTIVATION]
+        fixes.append(X.fix(f"Replace {describe_group(plain)} with nn.ReLU / nn.LeakyReLU(0.01) / nn.ELU in hidden "
+                           "layers (keep sigmoid only for outputs and gates) and use kaiming_normal_ init.",
+                           *((X.swap([l.name for l in plain], "relu"),
+                              X.init(list(dict.fromkeys(q.name for q in (preceding_param_layer(stats, l) for l in plain)
+                                                        if q is not None and q.weight_rms is not None)),
+                                     "kaiming-normal", nonlinearity="relu"))
+                             if len(modules) == len(plain) else ()),
+                           reason="the sigmoid/tanh are calls in forward's code, not modules gradcheck can swap"))
     if not has_normalization(stats):
-        fixes.append("Add nn.BatchNorm1d/2d or nn.LayerNorm before each saturating activation.")
+        fixes.append(X.fix("Add nn.BatchNorm1d/2d or nn.LayerNorm before each saturating activation.",
+                           reason=X.ARCHITECTURE))
     if first.index <= 2:
-        fixes.append(f"Normalise the inputs (standardise, or scale pixels to [0, 1]): {name(first.name)} is "
-                     "right after the input.")
+        fixes.append(X.fix(f"Normalise the inputs (standardise, or scale pixels to [0, 1]): {name(first.name)} is "
+                           "right after the input.", reason=X.DATA_CHANGE))
     return [r.finding(first.name, msg, evidence, fixes, covers=[l.name for l in bad])]
 
 

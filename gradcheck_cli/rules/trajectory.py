@@ -138,10 +138,17 @@ def spike_findings(stats: Any, opts: dict[str, Any], r: Any) -> list[Any]:
                 "largest_jump": s["largest_jump"], "largest_jump_step": s["largest_jump_step"],
                 "peak_grad_norm": s["peak"], "threshold": opts["spike"], "suggested_max_norm": s["max_norm"],
                 "layer_jump": s["layer_jump"], "lr": t.lr, "optimizer": t.optimizer}
-    fixes = [f"Clip the gradient norm before each optimizer step: torch.nn.utils.clip_grad_norm_(model.parameters(), "
-             f"max_norm={s['max_norm']:g}) (2x the median norm of the healthy steps, {fmt(s['healthy_median'])}).",
-             f"Lower the learning rate ({lr_phrase(t)} with {t.optimizer}) or add a warmup.",
-             "Add weight decay and normalisation layers (LayerNorm/BatchNorm) to keep the weights' scale bounded."]
+    from gradcheck_cli import fixes as X
+
+    # The lower learning rate first: verified, it removes the spikes of both train_grad_spikes.py and
+    # train_diverging_mlp.py; clipping at 2x the healthy median removes those of the first only
+    # (docs/calibration.md, "Verified fixes").
+    fixes = [X.fix(f"Lower the learning rate ({lr_phrase(t)} with {t.optimizer}) or add a warmup.", X.lr_probe()),
+             X.fix(f"Clip the gradient norm before each optimizer step: torch.nn.utils.clip_grad_norm_("
+                   f"model.parameters(), max_norm={s['max_norm']:g}) (2x the median norm of the healthy steps, "
+                   f"{fmt(s['healthy_median'])}).", X.clip(s["max_norm"])),
+             X.fix("Add weight decay and normalisation layers (LayerNorm/BatchNorm) to keep the weights' scale "
+                   "bounded.", reason=X.ARCHITECTURE)]
     return [r.finding(s["layer"], msg, evidence, fixes)]
 
 
@@ -195,9 +202,13 @@ def nonfinite_findings(stats: Any, r: Any) -> list[Any]:
     else:
         fixes.append("Use the numerically stable fused forms (F.log_softmax / F.cross_entropy, nn.BCEWithLogitsLoss, "
                      "torch.logsumexp) and add epsilons to divisions and logs.")
-    fixes += [f"Lower the learning rate ({lr_phrase(t)} with {t.optimizer}) and clip the gradient norm: "
-              f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={clip:g}).",
-              "Under fp16 use torch.amp.GradScaler (it skips overflowing steps), or bf16."]
+    from gradcheck_cli import fixes as X
+
+    fixes += [X.fix(f"Lower the learning rate ({lr_phrase(t)} with {t.optimizer}) and clip the gradient norm: "
+                    f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={clip:g}).",
+                    X.lr_probe(), X.clip(clip)),
+              X.fix("Under fp16 use torch.amp.GradScaler (it skips overflowing steps), or bf16.",
+                    reason="changes the precision of the training setup")]
     return [r.finding(layer, msg, evidence, fixes)]
 
 
@@ -221,9 +232,17 @@ def died_findings(stats: Any, opts: dict[str, Any], r: Any) -> list[Any]:
            + (f"; {len(bad) - 1} more layer{'s' if len(bad) > 2 else ''} too." if len(bad) > 1 else "."))
     evidence = {"onset_step": w["first_death_step"], "died": bad, "threshold": opts["died_fraction"],
                 "lr": t.lr, "optimizer": t.optimizer, "steps": t.steps}
+    from gradcheck_cli import fixes as X
+    from gradcheck_cli.stats import ACTIVATION
+
     lower = round_sig(t.lr / 10) if t.lr else None
-    fixes = [f"Lower the learning rate (e.g. {lower:g}): one large step pushes a unit's bias negative for every input."
-             if lower else "Lower the learning rate: one large step pushes a unit's bias negative for every input.",
-             f"Replace the ReLU {name(worst)} with nn.LeakyReLU(0.01) (or GELU/ELU) so dead units can recover.",
-             "Add a warmup and clip the gradient norm (torch.nn.utils.clip_grad_norm_); add BatchNorm before the ReLUs."]
+    fixes = [X.fix(f"Lower the learning rate (e.g. {lower:g}): one large step pushes a unit's bias negative for every "
+                   "input." if lower else "Lower the learning rate: one large step pushes a unit's bias negative for "
+                   "every input.", X.lr_probe()),
+             X.fix(f"Replace the ReLU {name(worst)} with nn.LeakyReLU(0.01) (or GELU/ELU) so dead units can recover.",
+                   X.swap(list(bad), "leaky-relu") if all(
+                       (stats.layer(k) is not None and stats.layer(k).role == ACTIVATION) for k in bad) else None,
+                   reason="the ReLU is a call in forward's code (F.relu), not a module gradcheck can swap"),
+             X.fix("Add a warmup and clip the gradient norm (torch.nn.utils.clip_grad_norm_); add BatchNorm before the "
+                   "ReLUs.", reason=X.ARCHITECTURE)]
     return [r.finding(worst, msg, evidence, fixes)]

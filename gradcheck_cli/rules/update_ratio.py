@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gradcheck_cli import fixes as X
 from gradcheck_cli.findings import Finding, Severity
 from gradcheck_cli.rules._common import fmt, list_names, name
 from gradcheck_cli.rules.base import Option, Rule, rule
@@ -95,10 +96,11 @@ def update_ratio(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding
         ev = {"median_large_update_ratio": {l: v for l, v, _, _ in high}, "threshold": opts["high"], "lr": t.lr,
               "optimizer": t.optimizer, "worst_step": peak_step, "onset_step": over_steps[0], "steps_over": over_steps,
               "update_ratios": t.update_ratios.get(layer)}
-        fixes = [f"Lower the learning rate to about {better:g} (x{fmt(better / t.lr)}) so updates are ~1e-3 of the "
-                 "weights." if better else "Lower the learning rate so updates are ~1e-3 of the weights.",
-                 "Use a warmup (torch.optim.lr_scheduler.LinearLR) and clip the gradient norm "
-                 "(torch.nn.utils.clip_grad_norm_)."]
+        fixes = [X.fix(f"Lower the learning rate to about {better:g} (x{fmt(better / t.lr)}) so updates are ~1e-3 of "
+                       "the weights." if better else "Lower the learning rate so updates are ~1e-3 of the weights.",
+                       X.lr_scale(better / t.lr) if better else X.lr_probe((1 / 10, 1 / 100, 1 / 1000))),
+                 X.fix("Use a warmup (torch.optim.lr_scheduler.LinearLR) and clip the gradient norm "
+                       "(torch.nn.utils.clip_grad_norm_).", reason=X.OPTIMIZER_CHANGE)]
         findings.append(r.finding(layer, msg, ev, fixes))
     if low:
         low.sort(key=lambda x: x[1])
@@ -110,9 +112,11 @@ def update_ratio(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding
                f"{t.optimizer}.")
         ev = {"median_update_ratio": dict(low), "threshold": opts["low"], "lr": t.lr, "optimizer": t.optimizer,
               "initial_loss": losses[0], "final_loss": losses[-1], "onset_step": 0}
-        fixes = [f"Check the learning rate for a typo: about {better:g} would give updates of ~1e-3 of the "
-                 "weights." if better else "Raise the learning rate so updates are ~1e-3 of the weights.",
-                 "Check the scheduler does not start at (or decay to) 0, and that the loss is not scaled down."]
+        fixes = [X.fix(f"Check the learning rate for a typo: about {better:g} would give updates of ~1e-3 of the "
+                       "weights." if better else "Raise the learning rate so updates are ~1e-3 of the weights.",
+                       X.lr_scale(better / t.lr) if better else None, reason="the learning rate is not known"),
+                 X.fix("Check the scheduler does not start at (or decay to) 0, and that the loss is not scaled down.",
+                       reason=X.NOTHING)]
         findings.append(r.finding(layer, msg, ev, fixes))
     if frozen:
         missing = [p for l in frozen for p in t.layer_params.get(l, []) if p in t.params_not_in_optimizer]
@@ -121,9 +125,9 @@ def update_ratio(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding
                    f"change{'s' if len(frozen) == 1 else ''} in {t.steps} steps from step 0 ({list_names(frozen)}): "
                    f"{len(missing)} of their "
                    f"parameters are in no parameter group of the optimizer ({list_names(missing)}).")
-            fixes = ["Build the optimizer over every trainable parameter: torch.optim.AdamW(model.parameters(), ...)"
-                     f", or add the missing ones as a group: optimizer.add_param_group({{'params': "
-                     f"model.{frozen[0]}.parameters()}})."]
+            fixes = [X.fix("Build the optimizer over every trainable parameter: torch.optim.AdamW(model.parameters(), "
+                           f"...), or add the missing ones as a group: optimizer.add_param_group({{'params': "
+                           f"model.{frozen[0]}.parameters()}}).", X.add_to_optimizer(missing))]
         else:
             msg = (f"{len(frozen)} layer{'s receive' if len(frozen) > 1 else ' receives'} a gradient but the "
                    f"optimizer never changes {'them' if len(frozen) > 1 else 'it'} in {t.steps} steps from step 0 "

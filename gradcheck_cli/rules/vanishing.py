@@ -4,12 +4,14 @@ import math
 from typing import Any
 
 from gradcheck_cli import stats as S
+from gradcheck_cli import fixes as X
 from gradcheck_cli.findings import Finding, Severity
 from gradcheck_cli.rules._common import (
     NORM_TYPES, activation_layers, depth_ratio, describe_group, fmt, geo_median, has_normalization, name, signal_cut,
     weight_layers, x_factor, xavier_std,
 )
 from gradcheck_cli.rules.base import Option, Rule, rule
+from gradcheck_cli.rules.saturation import is_gate
 from gradcheck_cli.stats import RunStats
 
 
@@ -182,12 +184,14 @@ def _slow_finding(stats: RunStats, slow: dict, opts: dict[str, Any], r: Rule) ->
     fixes = []
     if tiny:
         t = tiny[0]
-        fixes.append(f"Initialise the weights at a normal scale: {name(t.name)} has weight std {fmt(t.weight_rms)} "
-                     f"against {fmt(xavier_std(t))} for Xavier (for a Hugging Face model, initializer_range in the "
-                     "config, typically 0.02): products of tiny weights (e.g. attention scores q·k) have gradients "
-                     "that are tinier still.")
-    fixes.append("Initialise with torch.nn.init.xavier_normal_ / kaiming_normal_ (or the library's default "
-                 "init) so every layer's gradient is comparable to its weights.")
+        fixes.append(X.fix(f"Initialise the weights at a normal scale: {name(t.name)} has weight std "
+                           f"{fmt(t.weight_rms)} against {fmt(xavier_std(t))} for Xavier (for a Hugging Face model, "
+                           "initializer_range in the config, typically 0.02): products of tiny weights (e.g. "
+                           "attention scores q·k) have gradients that are tinier still.",
+                           X.init([l.name for l in tiny], "xavier-normal", zero_bias=False)))
+    fixes.append(X.fix("Initialise with torch.nn.init.xavier_normal_ / kaiming_normal_ (or the library's default "
+                       "init) so every layer's gradient is comparable to its weights.",
+                       X.init([l.name for l, _ in layers], "xavier-normal", zero_bias=False)))
     gamma_fix = _tiny_gamma_fix(stats)
     if gamma_fix:   # the activations feeding them shrink through normalisation scales near 0: a cause in hand
         evidence["tiny_norm_weights"] = {l.name: l.norm_weight_rms for l in stats.layers
@@ -219,9 +223,12 @@ def _no_signal(stats: RunStats, cut: dict, r: Rule) -> Finding:
                 "cut_type": at.type if at is not None else None, "cause": cause}
     fixes = []
     if cause == "softmax":
-        fixes.append(f"{name(at.name)} is a softmax over a dimension of size 1: its output is always 1 and its "
-                     "gradient always 0. For one output per example use torch.sigmoid with nn.BCEWithLogitsLoss "
-                     "(or nn.BCELoss), or give the last layer 2 outputs and use nn.CrossEntropyLoss.")
+        fixes.append(X.fix(f"{name(at.name)} is a softmax over a dimension of size 1: its output is always 1 and its "
+                           "gradient always 0. For one output per example use torch.sigmoid with nn.BCEWithLogitsLoss "
+                           "(or nn.BCELoss), or give the last layer 2 outputs and use nn.CrossEntropyLoss.",
+                           *([X.swap([at.name], "sigmoid")] if at.role == S.ACTIVATION else []),
+                           reason="the softmax is a call in forward's code (F.softmax / torch.softmax), not an "
+                                  "nn.Softmax module gradcheck can swap"))
     elif cause == "zero-weight":
         msg = (f"{name(at.name)}'s weights are exactly zero (a zero-initialised output layer), so the "
                f"{len(up)} weight layer{'s' if len(up) != 1 else ''} before it get an exactly-zero gradient at step 0 "
@@ -249,8 +256,9 @@ def _no_signal(stats: RunStats, cut: dict, r: Rule) -> Finding:
                          "restoring their scale.")
         if small:
             w = small[0]
-            fixes.append(f"Initialise the weights at He scale: {name(w.name)} has std {fmt(w.weight_rms)} against "
-                         f"{fmt((2.0 / w.fan_in) ** 0.5)} for He (torch.nn.init.kaiming_normal_).")
+            fixes.append(X.fix(f"Initialise the weights at He scale: {name(w.name)} has std {fmt(w.weight_rms)} "
+                               f"against {fmt((2.0 / w.fan_in) ** 0.5)} for He (torch.nn.init.kaiming_normal_).",
+                               X.init([l.name for l in small], "kaiming-normal", nonlinearity="relu")))
     elif cause == "loss":
         fixes.append("The loss does not change with the model's output (it multiplies it by zero or compares it): "
                      "check the loss function and the targets.")
@@ -260,7 +268,8 @@ def _no_signal(stats: RunStats, cut: dict, r: Rule) -> Finding:
                      "gradient, a multiplication by an all-zero tensor (a zero mask, a zero-initialised scale) "
                      "passes none, and torch.utils.checkpoint(..., use_reentrant=True) gives no gradient to the "
                      "layers inside when none of its inputs requires grad (use use_reentrant=False).")
-    fixes.append("Check by hand: loss.backward() and print p.grad.abs().max() for the first layer; it must be > 0.")
+    fixes.append(X.fix("Check by hand: loss.backward() and print p.grad.abs().max() for the first layer; it must be "
+                       "> 0.", reason=X.NOTHING))
     return r.finding(at.name if at is not None else last_zero.name, msg, evidence, fixes, Severity.ERROR)
 
 
@@ -269,10 +278,11 @@ def _tiny_gamma_fix(stats: RunStats) -> list[str]:
     if not tiny:
         return []
     g = tiny[0]
-    return [f"{len(tiny)} normalisation layer{'s have' if len(tiny) > 1 else ' has'} a scale (gamma) near 0 (e.g. "
-            f"{name(g.name)}: RMS {fmt(g.norm_weight_rms)} instead of 1): each multiplies the activations by it, so "
-            "they shrink layer after layer. Initialise the gammas to 1 (torch.nn.init.ones_(bn.weight)); a "
-            "library that draws them from N(0, initializer_range) has an init bug."]
+    return [X.fix(f"{len(tiny)} normalisation layer{'s have' if len(tiny) > 1 else ' has'} a scale (gamma) near 0 "
+                  f"(e.g. {name(g.name)}: RMS {fmt(g.norm_weight_rms)} instead of 1): each multiplies the activations "
+                  "by it, so they shrink layer after layer. Initialise the gammas to 1 (torch.nn.init.ones_(bn.weight)); "
+                  "a library that draws them from N(0, initializer_range) has an init bug.",
+                  X.norm_scale([l.name for l in tiny], 1.0))]
 
 
 def _depth_fixes(stats: RunStats, profile: list, per_layer: float) -> list[str]:
@@ -280,10 +290,23 @@ def _depth_fixes(stats: RunStats, profile: list, per_layer: float) -> list[str]:
     sat = activation_layers(stats, S.SIGMOID, S.TANH)
     relu = activation_layers(stats, S.RELU)
     weights = weight_layers(stats)
+    # He init is for the layers that feed a ReLU; the output layer keeps its own (small) init, else the
+    # logits start large and the loss at step 0 far above ln C (verified: initial-loss appears otherwise).
+    hidden = weights[:-1] if len(weights) > 1 else weights
+    head = X.init([weights[-1].name], "normal", std=0.02) if len(weights) > 1 else None
+    small_head = " (the output layer with normal_(w, std=0.02), so the first logits stay near 0)" if head else ""
     if sat:
-        fixes.append(f"Replace {describe_group(sat)} with nn.ReLU (or nn.LeakyReLU(0.01)) and initialise the "
-                     f"{len(weights)} weight layers with torch.nn.init.kaiming_normal_(w, nonlinearity='relu'): "
-                     "sigmoid's derivative is at most 0.25, so a sigmoid chain shrinks the gradient at every layer.")
+        swappable = [l for l in sat if l.role == S.ACTIVATION and not is_gate(l)]
+        steps = ((X.swap([l.name for l in swappable], "relu"),
+                  X.init([w.name for w in hidden], "kaiming-normal", nonlinearity="relu"), head)
+                 if len(swappable) == len(sat) else ())
+        fixes.append(X.fix(f"Replace {describe_group(sat)} with nn.ReLU (or nn.LeakyReLU(0.01)) and initialise the "
+                           f"{len(hidden)} hidden weight layers with torch.nn.init.kaiming_normal_(w, "
+                           f"nonlinearity='relu'){small_head}: "
+                           "sigmoid's derivative is at most 0.25, so a sigmoid chain shrinks the gradient at every "
+                           "layer.", *steps,
+                           reason="the sigmoid/tanh are calls in forward's code (or gates), not modules gradcheck can "
+                                  "swap"))
     elif relu or weights:
         low = [w for w in weights if w.weight_rms and w.fan_in and w.weight_rms < 0.8 * (2.0 / w.fan_in) ** 0.5]
         detail = ""
@@ -291,15 +314,17 @@ def _depth_fixes(stats: RunStats, profile: list, per_layer: float) -> list[str]:
             w = low[0]
             detail = (f" (e.g. {name(w.name)} has weight std {fmt(w.weight_rms)}, He init would give "
                       f"{fmt((2.0 / w.fan_in) ** 0.5)})")
-        fixes.append(f"Initialise the {len(weights)} weight layers with torch.nn.init.kaiming_normal_(w, "
-                     f"nonlinearity='relu') (He init, std = sqrt(2/fan_in)){detail}: PyTorch's default "
-                     f"init shrinks the signal in deep plain stacks; measured {x_factor(per_layer)} per layer.")
+        fixes.append(X.fix(f"Initialise the {len(hidden)} hidden weight layers with torch.nn.init.kaiming_normal_(w, "
+                           f"nonlinearity='relu') (He init, std = sqrt(2/fan_in)){detail}{small_head}: PyTorch's "
+                           f"default init shrinks the signal in deep plain stacks; measured {x_factor(per_layer)} per "
+                           "layer.", X.init([w.name for w in hidden], "kaiming-normal", nonlinearity="relu"), head))
     if not has_normalization(stats):
-        fixes.append(f"Add normalisation (nn.BatchNorm1d/2d after each Linear/Conv, or nn.LayerNorm) to the "
-                     f"{len(weights)} weight layers so each layer's inputs keep unit scale.")
+        fixes.append(X.fix(f"Add normalisation (nn.BatchNorm1d/2d after each Linear/Conv, or nn.LayerNorm) to the "
+                           f"{len(weights)} weight layers so each layer's inputs keep unit scale.",
+                           reason=X.ARCHITECTURE))
     if len(profile) >= 6:
-        fixes.append(f"Add residual (skip) connections around blocks so the gradient has an identity path "
-                     f"back to {name(profile[0].name)}.")
+        fixes.append(X.fix(f"Add residual (skip) connections around blocks so the gradient has an identity path "
+                           f"back to {name(profile[0].name)}.", reason=X.ARCHITECTURE))
     return fixes
 
 
@@ -326,14 +351,21 @@ def _through_time(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Findin
                 evidence["weight_hh_sigma_max"] = layer.recurrent_sigma_max
             sig = (f" (its largest singular value is {fmt(layer.recurrent_sigma_max)}; below 1 the gradient "
                    "through time vanishes)") if layer.recurrent_sigma_max is not None else ""
-            fixes.append(f"Replace nn.RNN {name(layer.name)} with nn.LSTM or nn.GRU: the gates keep a path for "
-                         "the gradient through time.")
-            fixes.append(f"Initialise {name(layer.name)}.weight_hh_l0 with torch.nn.init.orthogonal_{sig}.")
+            fixes.append(X.fix(f"Replace nn.RNN {name(layer.name)} with nn.LSTM or nn.GRU: the gates keep a path "
+                               "for the gradient through time.", reason=X.ARCHITECTURE))
+            fixes.append(X.fix(f"Initialise {name(layer.name)}.weight_hh_l0 with torch.nn.init.orthogonal_{sig}.",
+                               X.orthogonal([f"{layer.name}.weight_hh_l0"], 1.0)))
+        elif layer.recurrent == "LSTM":
+            fixes.append(X.fix(f"Initialise {name(layer.name)}'s forget-gate bias to 1 (bias_hh_l0[H:2H] = 1 for "
+                               "nn.LSTM) so the cell state carries gradient across more steps.",
+                               X.forget_bias([layer.name], 1.0)))
         else:
-            fixes.append(f"Initialise {name(layer.name)}'s forget-gate bias to 1 (bias_hh_l0[H:2H] = 1 for "
-                         "nn.LSTM) so the cell state carries gradient across more steps.")
-        fixes.append("Pool over all time steps (mean/max of the outputs) or use a bidirectional layer instead "
-                     "of reading only the last hidden state; or shorten sequences (truncated BPTT).")
+            fixes.append(X.fix(f"Initialise {name(layer.name)}'s forget-gate bias to 1 (bias_hh_l0[H:2H] = 1 for "
+                               "nn.LSTM) so the cell state carries gradient across more steps.",
+                               reason="a GRU has no forget-gate bias to set"))
+        fixes.append(X.fix("Pool over all time steps (mean/max of the outputs) or use a bidirectional layer instead "
+                           "of reading only the last hidden state; or shorten sequences (truncated BPTT).",
+                           reason=X.CODE_CHANGE))
         # Gated cells at init decay too, but their gates can learn to keep information: report, don't fail.
         sev = Severity.INFO if gated else r.severity
         out.append(r.finding(layer.name, msg, evidence, fixes, sev))
