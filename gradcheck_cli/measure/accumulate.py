@@ -181,13 +181,17 @@ class Accumulator:
         )
 
     def _finish_layers(self, steps: int) -> list[S.LayerStats]:
-        """Bring back per-unit masks and time profiles (one transfer) and finalise LayerStats."""
+        """Bring back per-unit maxima and moments and time profiles (one transfer) and finalise LayerStats."""
         vectors: list[torch.Tensor] = []
         owners: list[tuple[Layer, str, int]] = []
         for layer in self.inv.layers:
-            if layer.alive is not None:   # NaN (not <= 0) counts as alive
-                vectors.append(layer.alive.le(0).logical_not_().to(torch.float32))
+            if layer.alive is not None:   # NaN (not <= 0) counts as alive: +inf survives a max over ranks
+                vectors.append(torch.nan_to_num(layer.alive.to(torch.float32), nan=math.inf))
                 owners.append((layer, "alive", layer.alive.numel()))
+                mom = moments_vector(layer)
+                if mom is not None:
+                    vectors.append(mom)
+                    owners.append((layer, "moments", mom.numel()))
             if layer.time_sq is not None:
                 vectors.append(layer.time_sq.to(torch.float32))
                 owners.append((layer, "time", layer.time_sq.numel()))
@@ -198,13 +202,16 @@ class Accumulator:
             dev = vectors[0].device
             flat = torch.cat([v.to(dev) for v in vectors]).cpu().tolist()
         pos = 0
+        maxima: dict[int, list[float]] = {}
         for layer, what, n in owners:
             vals = flat[pos:pos + n]
             pos += n
             st = layer.stats
             if what == "alive":
-                st.units = n
-                st.dead_units = int(n - sum(vals))
+                maxima[layer.slot] = vals
+                set_relu_units(st, vals, None)
+            elif what == "moments":
+                set_relu_units(st, maxima[layer.slot], vals)
             else:
                 set_time_profile(st, [math.sqrt(max(v, 0.0)) for v in vals])
 
@@ -255,3 +262,72 @@ def set_time_profile(st: S.LayerStats, per_t: list[float]) -> None:
     st.time_grad_first_last = early / late if late > 0 else (math.inf if early > 0 else None)
     hi, lo = max(per_t), min(per_t)
     st.time_grad_min_max = lo / hi if hi > 0 else None
+
+
+# Dead ReLU units versus units that are merely off on these inputs (see docs/calibration.md, "Dead ReLUs
+# versus correlation collapse"). A unit is off when its pre-activation was <= 0 for every value seen; it
+# is dead when it is also
+#   far below zero: its largest pre-activation is below -DEAD_MARGIN times the layer's scale (the std of
+#     all the layer's pre-activations, or the RMS of the maxima of its units that fired when smaller,
+#     so that a dead half of the layer does not widen the yardstick it is measured with), or
+#   off on varied inputs: the layer's coherence (share of its pre-activation variance that lies between
+#     units, i.e. the same for every example and position) is below VARIED_COHERENCE and each unit saw at
+#     least MIN_SAMPLES values, or
+#   off whatever the input: the coherence is above INPUT_INDEPENDENT (the pre-activation is the same for
+#     every example: zero weights, or a signal that vanished before it so that only the biases are left).
+# In a deep plain ReLU net the examples' representations become nearly parallel (coherence near 1): a
+# healthy unit can then be off on a whole small batch at a margin of one or two std; it is not dead.
+DEAD_MARGIN = S.DEAD_MARGIN
+VARIED_COHERENCE = 0.5
+MIN_SAMPLES = 16
+INPUT_INDEPENDENT = 0.999
+
+
+def moments_vector(layer: Layer) -> torch.Tensor | None:
+    """[per-unit sums..., sum of squares, count] of a ReLU layer's pre-activation (float32, on the device;
+    summed over ranks), or None when its pre-activation was not seen in every call."""
+    mom = layer.pre_moments
+    if mom is None or layer.pre_blind or layer.alive is None or mom[0].numel() != layer.alive.numel():
+        return None
+    sums, sq, n = mom
+    return torch.cat((sums.reshape(-1), sq.reshape(1).to(sums.device),
+                      torch.tensor([float(n)], dtype=torch.float32, device=sums.device)))
+
+
+def set_relu_units(st: S.LayerStats, maxima: list[float], moments: list[float] | None) -> None:
+    """Units, off and dead units, margins and coherence of a ReLU layer from its per-unit maxima of the
+    pre-activation and (when seen) its moments [per-unit sums..., sum of squares, count]. Without the
+    moments every off unit counts as dead (all that can be known from the output)."""
+    c = len(maxima)
+    off = [m for m in maxima if m <= 0]
+    st.units = c
+    st.off_units = len(off)
+    st.dead_units = len(off)
+    st.unit_margin_min = st.off_margin_median = st.coherence = st.unit_samples = None
+    if moments is None or c == 0 or len(moments) != c + 2 or moments[-1] <= 0:
+        return
+    sums, sq, n = moments[:c], moments[c], moments[c + 1]
+    per_unit = n / c
+    mean = sum(sums) / n
+    var = max(sq / n - mean * mean, 0.0)
+    unit_means = [v / per_unit for v in sums]
+    between = sum((m - mean) ** 2 for m in unit_means) / c
+    st.unit_samples = int(round(per_unit))
+    if not (math.isfinite(var) and math.isfinite(between)):
+        return
+    st.coherence = min(between / var, 1.0) if var > 0 else None
+    scale = math.sqrt(var)
+    fired = [m for m in maxima if 0 < m < math.inf]
+    if fired:
+        scale = min(scale, math.sqrt(sum(m * m for m in fired) / len(fired)))
+    if scale > 0:
+        margins = sorted(m / scale for m in maxima if math.isfinite(m))
+        st.unit_margin_min = margins[0] if margins else None
+        off_m = sorted(m / scale for m in off)
+        if off_m:
+            st.off_margin_median = off_m[len(off_m) // 2]
+    varied = st.coherence is not None and st.coherence < VARIED_COHERENCE and per_unit >= MIN_SAMPLES
+    fixed = st.coherence is not None and st.coherence > INPUT_INDEPENDENT
+    if varied or fixed or scale == 0:
+        return   # every off unit is dead: off on varied inputs, or a pre-activation <= 0 whatever the input
+    st.dead_units = sum(1 for m in off if m < -DEAD_MARGIN * scale)

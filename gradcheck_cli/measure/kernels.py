@@ -57,3 +57,10 @@ def sigmoid_saturated(out: torch.Tensor) -> torch.Tensor:
 
 def tanh_saturated(out: torch.Tensor) -> torch.Tensor:
     return out.abs().gt_(TANH_SAT).sum(dtype=torch.float32)
+
+
+def unit_moments(t: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-unit sums over `dims` (float32) and the sum of squares of the whole tensor (0-d float32): with
+    the count of values, the layer's mean and spread and how much of it lies between units."""
+    sums = t.sum(dims, dtype=torch.float32) if dims else t.to(torch.float32, copy=True)
+    return sums, sumsq(t)

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from gradcheck_cli import stats as S
+from gradcheck_cli.measure.accumulate import moments_vector
 from gradcheck_cli.measure.passes import Monitor
 from gradcheck_cli.measure.record import KEYS, Reduce, StepRecord
 
@@ -216,11 +217,17 @@ class TrainingMonitor:
     def _reduce_masks(self) -> None:
         """Per-unit running maxima (dead ReLUs) of every rank: a unit that fired on any rank is alive."""
         layers = [layer for layer in self.mon.inv.layers if layer.alive is not None]
-        shapes = [(layer.slot, tuple(layer.alive.shape)) for layer in layers]
+        shapes = [(layer.slot, tuple(layer.alive.shape), moments_vector(layer) is not None) for layer in layers]
         if not self.ranks.same_everywhere(shapes):
             return
         for layer in layers:
             layer.alive = self.ranks.reduce_tensor_max(layer.alive)
+            if layer.pre_moments is not None and not layer.pre_blind:   # margins: moments add up over ranks
+                sums, sq, n = layer.pre_moments
+                t = torch.cat((sums.reshape(-1), sq.reshape(1))).to(self.ranks.device, torch.float64)
+                self.ranks.dist.all_reduce(t, op=self.ranks.dist.ReduceOp.SUM)
+                layer.pre_moments = [t[:-1].to(sums.device, torch.float32), t[-1].to(sq.device, torch.float32),
+                                     round(self.ranks.sum_scalar(torch.tensor(float(n))))]
 
     def metrics(self, prefix: str = "gradcheck/") -> dict[str, float]:
         """The last measured step's global and per-layer parameter-gradient norms, for a framework logger."""
