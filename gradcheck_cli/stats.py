@@ -21,6 +21,8 @@ MODEL = "model"              # the model itself (its output), when it owns no pa
 # A ReLU unit is far below zero (dead on any input) when its largest pre-activation is below -DEAD_MARGIN
 # times its layer's scale (see measure/accumulate.py, where LayerStats.dead_units is counted).
 DEAD_MARGIN = 3.0
+# ... or when it is off on varied inputs: its layer's coherence (LayerStats.coherence) is below this.
+VARIED_COHERENCE = 0.25
 
 
 @dataclass

@@ -200,7 +200,7 @@ class Accumulator:
             vectors = self.reduce_vectors([(what, v) for (_, what, _), v in zip(owners, vectors)])
         if vectors:
             dev = vectors[0].device
-            flat = torch.cat([v.to(dev) for v in vectors]).cpu().tolist()
+            flat = torch.cat([v.to(dev, torch.float64) for v in vectors]).cpu().tolist()
         pos = 0
         maxima: dict[int, list[float]] = {}
         for layer, what, n in owners:
@@ -265,61 +265,60 @@ def set_time_profile(st: S.LayerStats, per_t: list[float]) -> None:
 
 
 # Dead ReLU units versus units that are merely off on these inputs (see docs/calibration.md, "Dead ReLUs
-# versus correlation collapse"). A unit is off when its pre-activation was <= 0 for every value seen; it
-# is dead when it is also
-#   far below zero: its largest pre-activation is below -DEAD_MARGIN times the layer's scale (the std of
-#     all the layer's pre-activations, or the RMS of the maxima of its units that fired when smaller,
-#     so that a dead half of the layer does not widen the yardstick it is measured with), or
-#   off on varied inputs: the layer's coherence (share of its pre-activation variance that lies between
-#     units, i.e. the same for every example and position) is below VARIED_COHERENCE and each unit saw at
-#     least MIN_SAMPLES values, or
-#   off whatever the input: the coherence is above INPUT_INDEPENDENT (the pre-activation is the same for
-#     every example: zero weights, or a signal that vanished before it so that only the biases are left).
+# versus correlation collapse"). A unit is off when its pre-activation was <= 0 for every value seen. The
+# layer's coherence is the share of its firing units' pre-activation variance that lies between units
+# (the same for every example and position: 1 = every example gives the same vector, ~0 = varied
+# inputs); all units when fewer than MIN_FIRED fired. An off unit is dead when it is also
+#   off on varied inputs: coherence below VARIED_COHERENCE and at least MIN_SAMPLES values per unit, or
+#   far below zero: its largest pre-activation is below -DEAD_MARGIN times the layer's spread (the std of
+#     the firing units' pre-activations, between and within units), or
+#   off whatever the input: coherence above INPUT_INDEPENDENT (the pre-activation is the same for every
+#     example: zero weights, or a signal that vanished before it so that only the biases are left).
 # In a deep plain ReLU net the examples' representations become nearly parallel (coherence near 1): a
-# healthy unit can then be off on a whole small batch at a margin of one or two std; it is not dead.
+# healthy unit can then be off on a whole small batch a fraction of a std below zero; it is not dead.
 DEAD_MARGIN = S.DEAD_MARGIN
-VARIED_COHERENCE = 0.5
+VARIED_COHERENCE = S.VARIED_COHERENCE   # healthy collapsed layers of width >= 32: >= 0.42
 MIN_SAMPLES = 16
-INPUT_INDEPENDENT = 0.999
+MIN_FIRED = 4   # fewer firing units than this: their spread is measured over every unit
+INPUT_INDEPENDENT = 0.99999   # pooled squeeze-excite features of healthy nets reach 0.9991
 
 
 def moments_vector(layer: Layer) -> torch.Tensor | None:
-    """[per-unit sums..., sum of squares, count] of a ReLU layer's pre-activation (float32, on the device;
-    summed over ranks), or None when its pre-activation was not seen in every call."""
+    """[per-unit sums..., per-unit sums of squares..., count] of a ReLU layer's pre-activation (float64, on
+    the device; summed over ranks), or None when its pre-activation was not seen in every call."""
     mom = layer.pre_moments
-    if mom is None or layer.pre_blind or layer.alive is None or mom[0].numel() != layer.alive.numel():
+    if mom is None or layer.pre_blind or layer.alive is None or mom[0].shape[-1] != layer.alive.numel():
         return None
-    sums, sq, n = mom
-    return torch.cat((sums.reshape(-1), sq.reshape(1).to(sums.device),
-                      torch.tensor([float(n)], dtype=torch.float32, device=sums.device)))
+    acc, n = mom
+    return torch.cat((acc.reshape(-1), torch.tensor([float(n)], dtype=torch.float64, device=acc.device)))
 
 
 def set_relu_units(st: S.LayerStats, maxima: list[float], moments: list[float] | None) -> None:
     """Units, off and dead units, margins and coherence of a ReLU layer from its per-unit maxima of the
-    pre-activation and (when seen) its moments [per-unit sums..., sum of squares, count]. Without the
-    moments every off unit counts as dead (all that can be known from the output)."""
+    pre-activation and (when seen) its moments [per-unit sums..., per-unit sums of squares..., count of
+    values]. Without the moments every off unit counts as dead (all the output can tell)."""
     c = len(maxima)
     off = [m for m in maxima if m <= 0]
     st.units = c
     st.off_units = len(off)
     st.dead_units = len(off)
     st.unit_margin_min = st.off_margin_median = st.coherence = st.unit_samples = None
-    if moments is None or c == 0 or len(moments) != c + 2 or moments[-1] <= 0:
+    if moments is None or c == 0 or len(moments) != 2 * c + 1 or not moments[-1] > 0:
         return
-    sums, sq, n = moments[:c], moments[c], moments[c + 1]
-    per_unit = n / c
-    mean = sum(sums) / n
-    var = max(sq / n - mean * mean, 0.0)
-    unit_means = [v / per_unit for v in sums]
-    between = sum((m - mean) ** 2 for m in unit_means) / c
+    per_unit = moments[-1] / c
+    means = [v / per_unit for v in moments[:c]]
+    within = [max(q / per_unit - m * m, 0.0) for q, m in zip(moments[c:2 * c], means)]
     st.unit_samples = int(round(per_unit))
-    if not (math.isfinite(var) and math.isfinite(between)):
+    fired = [j for j, m in enumerate(maxima) if m > 0 and math.isfinite(m)]
+    pool = fired if len(fired) >= MIN_FIRED else list(range(c))
+    mu = sum(means[j] for j in pool) / len(pool)
+    between = sum((means[j] - mu) ** 2 for j in pool) / len(pool)
+    inside = sum(within[j] for j in pool) / len(pool)
+    total = between + inside
+    if not math.isfinite(total):
         return
-    st.coherence = min(between / var, 1.0) if var > 0 else None
-    scale = math.sqrt(var)
-    fired = [m for m in maxima if 0 < m < math.inf]
-    if fired:
-        scale = min(scale, math.sqrt(sum(m * m for m in fired) / len(fired)))
+    st.coherence = between / total if total > 0 else None
+    scale = math.sqrt(total)
     if scale > 0:
         margins = sorted(m / scale for m in maxima if math.isfinite(m))
         st.unit_margin_min = margins[0] if margins else None

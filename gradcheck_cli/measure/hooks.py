@@ -188,9 +188,9 @@ class Hooks:
     def track_alive(self, layer: Layer, d: torch.Tensor, pre: torch.Tensor | None = None) -> None:
         """Running per-unit maximum (units: features, or channels for convolutions) of the pre-activation
         `pre` (of the output `d` when the pre-activation cannot be seen): a unit is off when its maximum is
-        still <= 0 at the end of the run. With the pre-activation also its per-unit sums, sum of squares
-        and count (how far below zero the off units are, and how alike the examples' vectors are): two
-        more reductions on the device, no host sync."""
+        still <= 0 at the end of the run. With the pre-activation also its per-unit sums and sums of
+        squares and the count of values (how far below zero the off units are, and how alike the
+        examples' vectors are): one more reduction over the data on the device, no host sync."""
         ndim = d.dim()
         if layer.alive_dims is None or layer.alive_ndim != ndim:
             channel_first = ndim >= 4 or (ndim == 3 and self.last_param_type is not None
@@ -217,13 +217,12 @@ class Hooks:
             layer.pre_blind = True
             layer.pre_moments = None
         elif not layer.pre_blind:
-            sums, sq = K.unit_moments(pre, dims)
+            mom = K.unit_moments(pre, dims)
             if layer.pre_moments is None:
-                layer.pre_moments = [sums, sq, pre.numel()]
+                layer.pre_moments = [mom, pre.numel()]
             else:
-                layer.pre_moments[0].add_(sums)
-                layer.pre_moments[1].add_(sq)
-                layer.pre_moments[2] += pre.numel()
+                layer.pre_moments[0].add_(mom)
+                layer.pre_moments[1] += pre.numel()
 
     # -- backward ---------------------------------------------------------------------------------------------
 

@@ -63,8 +63,8 @@ class Layer:
     alive_ndim: int = -1
     alive: torch.Tensor | None = None
     alive_bad: bool = False
-    # ... and the pre-activation's moments for the margins and the coherence: [per-unit sums (float32 on
-    # the device), sum of squares (0-d, on the device), count of values (host int)]; None once a call's
+    # ... and the pre-activation's moments for the margins and the coherence: [(2, units) float64 tensor
+    # of per-unit sums and sums of squares on the device, count of values (host int)]; None once a call's
     # pre-activation could not be seen (pre_blind: then only "off" is known, not how far below zero)
     pre_moments: list[Any] | None = None
     pre_blind: bool = False

@@ -223,11 +223,10 @@ class TrainingMonitor:
         for layer in layers:
             layer.alive = self.ranks.reduce_tensor_max(layer.alive)
             if layer.pre_moments is not None and not layer.pre_blind:   # margins: moments add up over ranks
-                sums, sq, n = layer.pre_moments
-                t = torch.cat((sums.reshape(-1), sq.reshape(1))).to(self.ranks.device, torch.float64)
+                mom, n = layer.pre_moments
+                t = mom.to(self.ranks.device, torch.float64, copy=True)
                 self.ranks.dist.all_reduce(t, op=self.ranks.dist.ReduceOp.SUM)
-                layer.pre_moments = [t[:-1].to(sums.device, torch.float32), t[-1].to(sq.device, torch.float32),
-                                     round(self.ranks.sum_scalar(torch.tensor(float(n))))]
+                layer.pre_moments = [t.to(mom.device), round(self.ranks.sum_scalar(torch.tensor(float(n))))]
 
     def metrics(self, prefix: str = "gradcheck/") -> dict[str, float]:
         """The last measured step's global and per-layer parameter-gradient norms, for a framework logger."""

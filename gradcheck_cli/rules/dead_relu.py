@@ -32,25 +32,27 @@ def dead_relus(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
     """ReLU units that output zero for every example, so they never get a gradient again.
 
     What it does:
-        For every nn.ReLU / nn.ReLU6 module and every F.relu / torch.relu call it can see, it reads the
-        pre-activation (the ReLU's input) and finds, per unit (feature; channel for convolutions), its
-        largest value over every example of every pass. A unit whose largest value is <= 0 is off. An off
-        unit is dead when it is far below zero (its largest pre-activation is more than 3 of the layer's
-        standard deviations below 0, as a negative bias makes it) or when it stays off on varied inputs
-        (the layer's coherence, the share of its pre-activation variance that is the same for every
-        example, is below 0.5, with at least 16 values per unit). It fires when at least `fraction` (0.5)
-        of a layer's units are dead, in layers of at least `min_units` (16) units (squeeze-excite
-        bottlenecks of 4-8 units see only a few pooled examples), and shows the bias of the weight layer
-        feeding it. When a fully off layer, of any width, cuts the gradient to every weight layer before
-        it (no learning signal at all), it is an error located at that layer; after the last Linear the
-        fix is to remove the ReLU (logits must be able to go negative).
+        For every nn.ReLU / nn.ReLU6 module and every F.relu / torch.relu call it can see (in-place ones
+        included), it reads the pre-activation (the ReLU's input) and finds, per unit (feature; channel for
+        convolutions), its largest value over every example of every pass. A unit whose largest value is
+        <= 0 is off. An off unit is dead when it stays off on varied inputs (the layer's coherence, the
+        share of its firing units' pre-activation variance that is the same for every example, is below
+        0.25, with at least 16 values per unit), when it is far below zero (its largest pre-activation is
+        more than 3 of the layer's standard deviations below 0, as a large negative bias makes it), or when
+        its pre-activation does not depend on the input at all; in the first `collapse_depth` (8) weight
+        layers every off unit is dead (collapse needs depth). It fires when at least `fraction` (0.5) of a
+        layer's units are dead, in layers of at least `min_units` (16) units (squeeze-excite bottlenecks
+        of 4-8 units see only a few pooled examples; they count only when their off units are far below
+        zero), and shows the bias of the weight layer feeding it. When a fully off layer, of any width,
+        cuts the gradient to every weight layer before it (no learning signal at all), it is an error
+        located at that layer; after the last Linear the fix is to remove the ReLU (logits must be able
+        to go negative).
 
         Units that are off on every example but not dead are correlation collapse, not death: deep in a
         plain ReLU stack the representations of different examples become nearly parallel, so on a small
         batch a healthy unit is off for all of them at once, typically less than one standard deviation
-        below zero. When
-        at least `fraction` of a layer's units are off that way it says so as info, with the margins and
-        the coherence, and never calls them dead.
+        below zero. When at least `fraction` of a layer's units are off that way it says so as info, with
+        the margins and the coherence, and never calls them dead.
 
         With `--train-steps N` it also follows each unit through the training rehearsal and reports
         units that fired at step 0 and then stopped firing for good (silent for at least the last
@@ -170,7 +172,7 @@ def _collapse_finding(stats: RunStats, layers: list, opts: dict[str, Any], r: Ru
                f"of the layer's std; {worst.dead_units} far below it)")
     else:
         why = ", but they are not dead"
-    if coh is not None and coh >= 0.5:
+    if coh is not None and coh >= S.VARIED_COHERENCE:
         why += (f", and the examples' pre-activations are nearly parallel (coherence {coh:.2f}: {pct(coh)} of their "
                 "variance is the same for every example). This is correlation collapse, not death: deep in a plain "
                 "ReLU stack the representations of different examples become alike, so a healthy unit is off for a "
