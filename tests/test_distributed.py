@@ -72,11 +72,12 @@ def _same_report(one: dict, dist: dict) -> None:
     assert [(f["code"], f["layer"]) for f in one["findings"]] == [(f["code"], f["layer"]) for f in dist["findings"]], spec
     assert [lv["name"] for lv in one["layers"]] == [lv["name"] for lv in dist["layers"]], spec
     for la, lb in zip(one["layers"], dist["layers"]):
-        for key in ("grad_norm", "grad_norm_max", "output_grad_norm", "weight_norm", "saturated_fraction"):
+        for key in ("grad_norm", "grad_norm_max", "output_grad_norm", "weight_norm", "saturated_fraction",
+                    "coherence", "unit_margin_min", "off_margin_median"):   # ReLU moments summed over ranks
             if key == "output_grad_norm" and la["name"] in SHARED_OUTPUTS:
                 continue
             assert _close(la[key], lb[key]), (spec, la["name"], key, la[key], lb[key])
-        for key in ("units", "dead_units", "calls", "nonfinite_outputs", "nonfinite_output_grads",
+        for key in ("units", "dead_units", "off_units", "unit_samples", "calls", "nonfinite_outputs", "nonfinite_output_grads",
                     "nonfinite_param_grads"):
             assert la[key] == lb[key], (spec, la["name"], key, la[key], lb[key])
     for key in ("first_nonfinite_forward", "first_nonfinite_backward", "unused_parameters"):

@@ -173,7 +173,7 @@ def _collapse_finding(stats: RunStats, layers: list, opts: dict[str, Any], r: Ru
     else:
         why = ", but they are not dead"
     if coh is not None and coh >= S.VARIED_COHERENCE:
-        why += (f", and the examples' pre-activations are nearly parallel (coherence {coh:.2f}: {pct(coh)} of their "
+        why += (f", and the examples' pre-activations are much alike (coherence {coh:.2f}: {pct(coh)} of their "
                 "variance is the same for every example). This is correlation collapse, not death: deep in a plain "
                 "ReLU stack the representations of different examples become alike, so a healthy unit is off for a "
                 "whole small batch at once; it fires on other inputs and keeps learning.")
