@@ -49,9 +49,9 @@ def dead_relus(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
         to go negative).
 
         Units that are off on every example but not dead are correlation collapse, not death: deep in a
-        plain ReLU stack the representations of different examples become nearly parallel, so on a small
-        batch a healthy unit is off for all of them at once, typically less than one standard deviation
-        below zero. When at least `fraction` of a layer's units are off that way it says so as info, with
+        plain ReLU stack the representations of different examples become alike (nearly parallel), so on a
+        small batch a healthy unit is off for all of them at once, typically less than one standard
+        deviation below zero. When at least `fraction` of a layer's units are off that way it says so as info, with
         the margins and the coherence, and never calls them dead.
 
         With `--train-steps N` it also follows each unit through the training rehearsal and reports
@@ -70,12 +70,13 @@ def dead_relus(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Finding]:
         learning-rate step that pushed them negative), and 100% of the ReLU units are dead: an error.
         examples/relu_after_output.py: a ReLU after the 3-unit output layer, all 3 units dead.
         examples/relu_collapse.py: a healthy 30-layer plain ReLU MLP (He init) with about half of its late
-        units off on a batch of 8, coherence 0.9: info, correlation collapse.
+        units off on a batch of 8, about 0.5 std below zero, coherence about 0.7: info, correlation collapse.
 
     Fix:
         Use LeakyReLU (slope 0.01-0.02), PReLU or ELU, which keep a gradient for negative inputs;
         re-initialise biases to 0 and weights with He/Kaiming; add BatchNorm before the ReLU; lower the
-        learning rate (large steps kill ReLUs).
+        learning rate (large steps kill ReLUs). Correlation collapse (info) needs no fix; if the deep plain
+        stack trains poorly, add residual connections or normalisation (BatchNorm/LayerNorm).
 
     References:
         SageMaker Debugger "dead ReLU" rule (unit active in < 1% of samples, layer flagged at > 50%);
