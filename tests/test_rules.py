@@ -615,10 +615,12 @@ def test_dead_relus_dead_units_in_a_deep_layer_still_warn():
 def test_dead_relus_shallow_layers_count_every_off_unit():
     """Collapse needs depth: in the first `collapse_depth` weight layers an off unit is dead (a shallow
     layer whose examples look alike is dominated by a bias or by weights a large step blew up)."""
-    (f,) = DEAD.check(deep_relu_stats(off=20, dead=0, depth=3))
-    assert_well_formed(f, DEAD, Severity.WARNING, "relu2")
-    assert f.evidence["dead_units"] == {"relu2": {"dead": 20, "units": 32}}
-    (f,) = DEAD.check(deep_relu_stats(off=20, dead=0, depth=3), {"collapse_depth": 3})
+    (f,) = DEAD.check(deep_relu_stats(off=20, dead=0, depth=2))
+    assert_well_formed(f, DEAD, Severity.WARNING, "relu1")
+    assert f.evidence["dead_units"] == {"relu1": {"dead": 20, "units": 32}}
+    (f,) = DEAD.check(deep_relu_stats(off=20, dead=0, depth=3))   # 3 weight layers up to it: collapse can be
+    assert f.severity is Severity.INFO
+    (f,) = DEAD.check(deep_relu_stats(off=20, dead=0, depth=2), {"collapse_depth": 2})
     assert f.severity is Severity.INFO
     (f,) = DEAD.check(deep_relu_stats(off=20, dead=0, depth=10), {"collapse_depth": 11})
     assert f.severity is Severity.WARNING
