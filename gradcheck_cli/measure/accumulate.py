@@ -273,7 +273,8 @@ def set_time_profile(st: S.LayerStats, per_t: list[float]) -> None:
 #   far below zero: its largest pre-activation is below -DEAD_MARGIN times the layer's spread (the std of
 #     the firing units' pre-activations, between and within units), or
 #   off whatever the input: coherence above INPUT_INDEPENDENT (the pre-activation is the same for every
-#     example: zero weights, or a signal that vanished before it so that only the biases are left).
+#     example: zero weights, or a signal that vanished before it so that only the biases are left), or the
+#     unit's own pre-activation varies by less than that share of the layer's variance.
 # In a deep plain ReLU net the examples' representations become nearly parallel (coherence near 1): a
 # healthy unit can then be off on a whole small batch a fraction of a std below zero; it is not dead.
 DEAD_MARGIN = S.DEAD_MARGIN
@@ -329,4 +330,7 @@ def set_relu_units(st: S.LayerStats, maxima: list[float], moments: list[float] |
     fixed = st.coherence is not None and st.coherence > INPUT_INDEPENDENT
     if varied or fixed or scale == 0:
         return   # every off unit is dead: off on varied inputs, or a pre-activation <= 0 whatever the input
-    st.dead_units = sum(1 for m in off if m < -DEAD_MARGIN * scale)
+    # An off unit whose own pre-activation is the same for every example (its inputs never move it) is dead
+    # too, as is one far below zero.
+    flat = (1.0 - INPUT_INDEPENDENT) * total
+    st.dead_units = sum(1 for j, m in enumerate(maxima) if m <= 0 and (m < -DEAD_MARGIN * scale or within[j] <= flat))
