@@ -13,6 +13,7 @@ for every detector, the worst healthy figure and the mildest broken figure it ca
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -84,6 +85,10 @@ CASES = [
     (E + "rnn_exploding.py:Net", {"input_shape": (8, 20, 16)}, {"exploding-gradients"}),
     # dead units vs correlation collapse
     (C + "plain_relu_cnn_he_30", {}, set()),
+    (E + "relu_collapse.py:build", {}, set()),
+    (C + "plain_relu_mlp_he_30_bias_minus_2", {}, {"dead-relus"}),
+    (C + "se_resnet", {}, set()),
+    (C + "se_resnet_dead_se", {}, {"dead-relus"}),
 ]
 H = "benchmarks/hf_models.py:"
 # Architectures whose library init has a real defect (named in docs/calibration.md): rule expected.
@@ -125,6 +130,12 @@ def f(x: float | None) -> str:
     return f"{x:.2g}"
 
 
+def off_cell(off: tuple | None) -> str:
+    if off is None:
+        return "-"
+    return f"{f(off[0])} ({f(off[1])})" if off[1] is not None else f(off[0])
+
+
 def figures(stats: RunStats) -> dict[str, float | None]:
     prof = depth_profile(stats)
     ratio = None
@@ -132,7 +143,11 @@ def figures(stats: RunStats) -> dict[str, float | None]:
         early, late = ends(prof)
         ratio = geo_median(l.output_grad_norm for l in early) / geo_median(l.output_grad_norm for l in late)
     sat = [l.saturated_fraction for l in stats.layers if l.saturated_fraction is not None]
-    dead = [l.dead_fraction for l in stats.layers if l.dead_fraction is not None]
+    from gradcheck_cli.rules.dead_relu import RULE as DEAD, _dead_units
+    opts = {o.name: o.default for o in DEAD.options}   # dead units as the rule counts them
+    dead = [_dead_units(stats, l, opts) / l.units for l in stats.layers
+            if l.dead_units is not None and (l.units or 0) >= 16]
+    off = [(l.off_fraction, l.coherence) for l in stats.layers if l.off_fraction is not None and (l.units or 0) >= 16]
     rec: list[LayerStats] = [l for l in stats.layers if l.time_steps]
     tt = None
     if rec:
@@ -147,7 +162,7 @@ def figures(stats: RunStats) -> dict[str, float | None]:
     scales = [l.weight_rms / xavier_std(l) for l in weight_layers(stats) if l.weight_rms and xavier_std(l)]
     tiny = min(scales) if scales else None
     return {"ratio": ratio, "gnorm": stats.total_grad_norm, "sat": max(sat) if sat else None,
-            "dead": max(dead) if dead else None, "time": tt, "init": init, "slow": slow, "tiny": tiny,
+            "dead": max(dead) if dead else None, "off": max(off, key=lambda x: x[0]) if off else None, "time": tt, "init": init, "slow": slow, "tiny": tiny,
             "zero": signal_cut(stats) is not None}
 
 
@@ -175,9 +190,9 @@ def main() -> int:
     if args.only:
         wanted = [w.strip() for w in args.only.split(",") if w.strip()]
         cases = [c for c in cases if any(c[0].endswith(w) for w in wanted)]
-    print("| model | expected | early/late ratio | grad norm | max sat | max dead | RNN time ratio | loss0/lnC | "
+    print("| model | expected | early/late ratio | grad norm | max sat | max dead | max off (coherence) | RNN time ratio | loss0/lnC | "
           "slowest | min w/Xavier | fired (>= warning) | info | verdict | s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     bad = 0
     rows = []
     for spec, extra, expected in cases:
@@ -192,7 +207,8 @@ def main() -> int:
         report = run_check(Settings(model=spec, device="cpu", **extra))
         dt = time.perf_counter() - t
         from gradcheck_cli.stats import RunStats as RS
-        stats = RS.from_dict({**report.run, "layers": report.layers})
+        known = {fl.name for fl in dataclasses.fields(RS)}
+        stats = RS.from_dict({**{k: v for k, v in report.run.items() if k in known}, "layers": report.layers})
         fig = figures(stats)
         fired = {x.rule for x in report.findings if x.severity.rank >= 2}
         info = {x.rule for x in report.findings if x.severity.rank < 2}
@@ -207,7 +223,7 @@ def main() -> int:
             name += " " + "x".join(map(str, extra["input_shape"]))
         rows.append((name, expected, fig, fired))
         print(f"| {name} | {', '.join(sorted(expected)) or 'healthy'} | {f(fig['ratio'])} | {f(fig['gnorm'])} | "
-              f"{f(fig['sat'])} | {f(fig['dead'])} | {f(fig['time'])} | {f(fig['init'])} | {f(fig['slow'])} | "
+              f"{f(fig['sat'])} | {f(fig['dead'])} | {off_cell(fig['off'])} | {f(fig['time'])} | {f(fig['init'])} | {f(fig['slow'])} | "
               f"{f(fig['tiny'])} | "
               f"{', '.join(sorted(fired)) or '-'} | {', '.join(sorted(info)) or '-'} | {verdict} | {dt:.1f} |",
               flush=True)

@@ -360,6 +360,70 @@ def plain_relu_cnn_he_30():
     return PlainReluCNN()
 
 
+class SEBlock(nn.Module):
+    """Squeeze-excite (Hu et al. 2018, as in RegNet/EfficientNet): global pool, a ReLU bottleneck of
+    `mid` units, a sigmoid gate per channel."""
+
+    def __init__(self, c, mid):
+        super().__init__()
+        self.fc1 = nn.Conv2d(c, mid, 1)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Conv2d(mid, c, 1)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x):
+        return x * self.gate(self.fc2(self.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+
+
+class SENet(nn.Module):
+    """Healthy: a small residual CNN with BatchNorm and squeeze-excite bottlenecks of 4 units (channels / 8).
+    `dead_se=True` is its broken twin: the bottlenecks' biases at -20, so every SE unit is dead (the gates
+    stay at 0.5 and the SE weights never learn)."""
+
+    def __init__(self, c=32, blocks=4, dead_se=False):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+        self.blocks = nn.ModuleList()
+        for _ in range(blocks):
+            se = SEBlock(c, c // 8)
+            if dead_se:
+                nn.init.constant_(se.fc1.bias, -20.0)
+            self.blocks.append(nn.ModuleDict({
+                "conv": nn.Conv2d(c, c, 3, padding=1, bias=False), "bn": nn.BatchNorm2d(c), "relu": nn.ReLU(),
+                "se": se}))
+        self.fc = nn.Linear(c, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for b in self.blocks:
+            x = x + b["se"](b["relu"](b["bn"](b["conv"](x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def se_resnet():
+    return SENet()
+
+
+def se_resnet_dead_se():
+    return SENet(dead_se=True)
+
+
+def plain_relu_mlp_he_30_bias_minus_2():
+    """Broken twin of examples/relu_collapse.py: the same 30-layer He-init MLP with every bias at -2."""
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location(
+        "relu_collapse", pathlib.Path(__file__).resolve().parent.parent / "examples" / "relu_collapse.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    m = mod.build()
+    for layer in m:
+        if isinstance(layer, nn.Linear) and layer.out_features != 10:
+            nn.init.constant_(layer.bias, -2.0)
+    return m
+
+
 def nielsen_tanh_xavier_mnist_like():
     """The healthy twin of Nielsen's net: the same [784, 30, 30, 30, 30, 10] shape with tanh and Glorot/Xavier
     init (run with --batch nielsen_batch)."""

@@ -18,6 +18,13 @@ FUNCTIONAL = "functional"    # torch.sigmoid / torch.tanh / F.relu called inside
 MODEL = "model"              # the model itself (its output), when it owns no parameters directly
 
 
+# A ReLU unit is far below zero (dead on any input) when its largest pre-activation is below -DEAD_MARGIN
+# times its layer's scale (see measure/accumulate.py, where LayerStats.dead_units is counted).
+DEAD_MARGIN = 3.0
+# ... or when it is off on varied inputs: its layer's coherence (LayerStats.coherence) is below this.
+VARIED_COHERENCE = 0.25
+
+
 @dataclass
 class LayerStats:
     index: int                          # forward order of first call (depth order)
@@ -43,7 +50,13 @@ class LayerStats:
     output_grad_norm_max: float | None = None
     saturated_fraction: float | None = None    # sigmoid/tanh: share of outputs whose derivative < 1% of max
     units: int | None = None            # ReLU-family: units (features, or channels for convolutions)
-    dead_units: int | None = None       # ... that were 0 for every example of every pass
+    off_units: int | None = None        # ... that output 0 for every example of every pass (pre-activation <= 0)
+    dead_units: int | None = None       # ... of those, the dead ones: far below 0 or off on varied inputs
+    unit_margin_min: float | None = None       # lowest per-unit max pre-activation, in layer std (margin)
+    off_margin_median: float | None = None     # median margin of the off units (how far below 0 they stay)
+    coherence: float | None = None      # share of the pre-activation's variance between units: 1 = every
+    #                                     example (and position) gives the same vector (collapse), ~0 = varied
+    unit_samples: int | None = None     # pre-activation values seen per unit (examples x positions x calls)
     nonfinite_outputs: int = 0          # forward calls whose output held NaN/Inf (in the diagnosis pass)
     nonfinite_output_grads: int = 0     # backward calls whose dLoss/dOutput held NaN/Inf
     nonfinite_param_grads: int = 0      # parameters of this module whose gradient had a NaN/Inf
@@ -59,9 +72,18 @@ class LayerStats:
             return None
         return self.dead_units / self.units
 
+    @property
+    def off_fraction(self) -> float | None:
+        """Share of units that output 0 for every example (dead or merely off on these inputs)."""
+        if self.units in (None, 0):
+            return None
+        off = self.off_units if self.off_units is not None else self.dead_units
+        return None if off is None else off / self.units
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["dead_fraction"] = self.dead_fraction
+        d["off_fraction"] = self.off_fraction
         return d
 
 
@@ -132,7 +154,7 @@ class RunStats:
         d = dict(d)
         layers = []
         for ld in d.pop("layers", []):
-            ld = {k: v for k, v in ld.items() if k != "dead_fraction"}
+            ld = {k: v for k, v in ld.items() if k not in ("dead_fraction", "off_fraction")}
             layers.append(LayerStats(**ld))
         series = d.pop("series", None)
         training = d.pop("training", None)

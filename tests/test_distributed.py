@@ -88,7 +88,12 @@ def _same_report(one: dict, dist: dict) -> None:
             if key == "output_grad_norm" and la["name"] in SHARED_OUTPUTS:
                 continue
             assert _close(la[key], lb[key]), (spec, la["name"], key, la[key], lb[key])
-        for key in ("units", "dead_units", "calls", "nonfinite_outputs", "nonfinite_output_grads",
+        if la.get("off_units"):
+            # ReLU pre-activation moments are summed over ranks: the same margins and coherence. (A layer whose
+            # units all fired stops being tracked at a step that depends on how the batch is split.)
+            for key in ("coherence", "unit_margin_min", "off_margin_median", "unit_samples"):
+                assert _close(la[key], lb[key]), (spec, la["name"], key, la[key], lb[key])
+        for key in ("units", "dead_units", "off_units", "calls", "nonfinite_outputs", "nonfinite_output_grads",
                     "nonfinite_param_grads"):
             assert la[key] == lb[key], (spec, la["name"], key, la[key], lb[key])
     for key in ("first_nonfinite_forward", "first_nonfinite_backward", "unused_parameters"):
@@ -143,6 +148,7 @@ def test_reductions_that_one_rank_alone_gets_wrong(runs):
     by_spec = {r["model"]["spec"].rsplit(":", 1)[1]: r for r in runs["ddp"]["reports"]}
     dead = next(lv for lv in by_spec["DeadHalf"]["layers"] if lv["name"] == "act")
     assert (dead["units"], dead["dead_units"]) == (4, 2)
+    assert dead["off_units"] == 2 and dead["coherence"] is not None, "margins from the moments of both ranks"
     nan = by_spec["SqrtNaN"]
     assert any(f["rule"] == NAN_RULE for f in nan["findings"])
     assert nan["run"]["first_nonfinite_forward"] is not None

@@ -93,7 +93,7 @@ def test_nan_backward_sqrt_points_at_the_sqrt_line():
 
 HEALTHY = ["healthy_mlp.py:build", "healthy_resnet.py:build", "healthy_transformer.py:build",
            "healthy_lstm.py:build", "healthy_lstm.py:build_bidirectional", "multi_output.py:Net", "rezero.py:build",
-           "relu_after_output.py:build_fixed"]
+           "relu_after_output.py:build_fixed", "relu_collapse.py:build"]
 
 
 @pytest.mark.parametrize("spec", HEALTHY)

@@ -172,6 +172,107 @@ def test_dead_units_of_linear_relu_are_features():
     assert (relu.units, relu.dead_units) == (10, 7)
 
 
+# --------------------------------------------------------------------------------------------------------
+# Dead units vs units merely off: margins of the pre-activation and the layer's coherence
+# --------------------------------------------------------------------------------------------------------
+
+def _moments(rows: list[list[float]]) -> tuple[list[float], list[float]]:
+    """Per-unit maxima and [per-unit sums..., per-unit sums of squares..., count] of samples x units values,
+    by hand."""
+    units = len(rows[0])
+    maxima = [max(r[j] for r in rows) for j in range(units)]
+    sums = [sum(r[j] for r in rows) for j in range(units)]
+    sqs = [sum(r[j] ** 2 for r in rows) for j in range(units)]
+    return maxima, sums + sqs + [float(len(rows) * units)]
+
+
+def _relu_stats(rows):
+    st = S.LayerStats(index=0, name="act", type="ReLU", role=S.ACTIVATION, activation=S.RELU)
+    from gradcheck_cli.measure.accumulate import set_relu_units
+    set_relu_units(st, *_moments(rows))
+    return st
+
+
+def test_collapsed_units_are_off_not_dead():
+    """Every example gives nearly the same vector (collapse): units at -0.5..-1 std are off, not dead."""
+    base = [1.0, 0.5, 2.0, -0.5, -1.0, 1.5, -0.8, -0.3]
+    rows = [[b + 0.1 * ((i * 7 + j * 3) % 5 - 2) for j, b in enumerate(base)] for i in range(32)]
+    st = _relu_stats(rows)
+    assert (st.units, st.off_units, st.dead_units) == (8, 4, 0)
+    assert 0.9 < st.coherence < 0.99999 and st.unit_samples == 32
+    assert -1.0 < st.off_margin_median < 0 and st.unit_margin_min > -1.5
+
+
+def test_units_off_on_varied_inputs_are_dead():
+    """Varied inputs (low coherence, enough values per unit): an off unit is dead even near zero."""
+    rows = [[math.sin(i * 1.3 + j), math.cos(i * 0.7 * (j + 1)), -0.2 - 0.1 * abs(math.sin(i + j)), -0.05]
+            for i in range(40) for j in range(1)]
+    st = _relu_stats(rows)
+    assert st.coherence < 0.5 and st.unit_samples == 40
+    assert (st.off_units, st.dead_units) == (2, 2)
+    st = _relu_stats(rows[:8])   # too few values per unit to call a near-zero unit dead
+    assert st.unit_samples == 8 and st.dead_units < st.off_units == 2
+
+
+def test_units_far_below_zero_are_dead_whatever_the_coherence():
+    """Collapsed inputs (coherence near 1) and half the units pushed to -10 by their bias: far below zero in
+    units of the firing units' spread (the dead half does not widen the yardstick)."""
+    rows = [[c + 0.1 * math.sin(i + j) for j, c in enumerate((1.0, 2.0, 0.5, 1.5))]
+            + [-10.0 + 0.1 * math.sin(i * j) for j in range(4)] for i in range(8)]
+    st = _relu_stats(rows)
+    assert 0.9 < st.coherence < 0.99999
+    assert (st.off_units, st.dead_units) == (4, 4)
+    assert st.off_margin_median < -3
+
+
+def test_input_independent_pre_activation_off_is_dead():
+    """The same vector for every example (zero weights): an off unit is dead whatever the input."""
+    st = _relu_stats([[1.0, -1.0, 0.5, -0.2]] * 16)
+    assert st.coherence == pytest.approx(1.0)
+    assert (st.off_units, st.dead_units) == (2, 2)
+
+
+def test_without_the_pre_activation_every_off_unit_counts_as_dead():
+    st = S.LayerStats(index=0, name="act", type="ReLU", role=S.ACTIVATION, activation=S.RELU)
+    from gradcheck_cli.measure.accumulate import set_relu_units
+    set_relu_units(st, [0.0, 0.0, 1.0], None)
+    assert (st.units, st.off_units, st.dead_units, st.coherence) == (3, 2, 2, None)
+
+
+class _InplaceNet(nn.Module):
+    """The same Linear -> ReLU three ways: a module ReLU, nn.ReLU(inplace=True), F.relu_ / inplace=True."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(16, 32)
+        with torch.no_grad():
+            self.lin.bias[:12] = -5.0   # 12 units far below zero
+        self.how = how
+        self.relu = nn.ReLU(inplace=how == "module_inplace")
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x):
+        h = self.lin(x)
+        if self.how == "functional_":
+            h = F.relu_(h)
+        elif self.how == "functional_kw":
+            h = F.relu(h, inplace=True)
+        else:
+            h = self.relu(h)
+        return self.head(h)
+
+
+@pytest.mark.parametrize("how", ["module_inplace", "functional_", "functional_kw"])
+def test_in_place_relus_measure_the_pre_activation(how):
+    ref = [l for l in passes(_InplaceNet("module"), (16, 16)).stats.layers if l.units][0]
+    got = [l for l in passes(_InplaceNet(how), (16, 16)).stats.layers if l.units][0]
+    assert ref.coherence is not None and ref.unit_margin_min < -3
+    assert (got.units, got.off_units, got.dead_units) == (ref.units, ref.off_units, ref.dead_units) == (32, 12, 12)
+    assert got.coherence == pytest.approx(ref.coherence, rel=1e-5)
+    assert got.unit_margin_min == pytest.approx(ref.unit_margin_min, rel=1e-5)
+
+
 def test_dead_units_on_sequence_features_use_the_last_dim():
     lin = nn.Linear(5, 10)
     with torch.no_grad():

@@ -576,6 +576,63 @@ def test_dead_relus_negative_feeding_bias_is_reported():
     assert any("`fc1.bias`" in fix and "-3" in fix for fix in f.fixes)
 
 
+def deep_relu_stats(off: int, dead: int, units: int = 32, depth: int = 10, coherence: float | None = 0.9,
+                    margin: float | None = -0.4, bias: float = 0.0) -> RunStats:
+    """A plain stack of `depth` Linear+ReLU pairs; the last ReLU has `off` units off, `dead` of them dead."""
+    layers = []
+    for i in range(depth):
+        layers.append(lin(2 * i, f"fc{i}", bias_mean=bias, weight_rms=0.1, fan_in=units, fan_out=units))
+        last = i == depth - 1
+        layers.append(act(2 * i + 1, f"relu{i}", S.RELU, units=units, off_units=off if last else 0,
+                          dead_units=dead if last else 0, coherence=coherence if last else 0.1,
+                          off_margin_median=margin if last and off else None, unit_samples=24))
+    layers.append(lin(2 * depth, "head", weight_rms=0.1))
+    return run(layers)
+
+
+def test_dead_relus_collapse_is_info_never_dead():
+    """Half the units of a deep layer off on every example, near zero, examples' vectors nearly parallel:
+    correlation collapse, reported as info with residual/normalisation fixes, never as dead."""
+    (f,) = DEAD.check(deep_relu_stats(off=18, dead=1))
+    assert_well_formed(f, DEAD, Severity.INFO, "relu9")
+    assert "correlation collapse, not death" in f.message and "not dead" in f.message
+    assert "18 of 32" in f.message and "coherence 0.90" in f.message and "-0.4" in f.message
+    assert f.evidence["off_units"] == {"relu9": {"off": 18, "units": 32}}
+    assert f.evidence["dead_units"] == {"relu9": {"dead": 1, "units": 32}}
+    assert f.evidence["coherence"] == {"relu9": 0.9} and f.evidence["off_margin_median"] == {"relu9": -0.4}
+    assert any("residual" in x for x in f.fixes) and any("BatchNorm" in x for x in f.fixes)
+    assert not any("LeakyReLU" in x for x in f.fixes), "nothing is dead: no activation swap"
+    assert DEAD.check(deep_relu_stats(off=15, dead=0)) == [], "below `fraction` off: silent"
+
+
+def test_dead_relus_dead_units_in_a_deep_layer_still_warn():
+    (f,) = DEAD.check(deep_relu_stats(off=30, dead=28, coherence=0.1, margin=-5.0, bias=-3.0))
+    assert_well_formed(f, DEAD, Severity.WARNING, "relu9")
+    assert f.evidence["dead_units"] == {"relu9": {"dead": 28, "units": 32}}
+    assert f.evidence["off_margin_median"] == {"relu9": -5.0} and "LeakyReLU" in f.fixes[0]
+
+
+def test_dead_relus_shallow_layers_count_every_off_unit():
+    """Collapse needs depth: in the first `collapse_depth` weight layers an off unit is dead (a shallow
+    layer whose examples look alike is dominated by a bias or by weights a large step blew up)."""
+    (f,) = DEAD.check(deep_relu_stats(off=20, dead=0, depth=2))
+    assert_well_formed(f, DEAD, Severity.WARNING, "relu1")
+    assert f.evidence["dead_units"] == {"relu1": {"dead": 20, "units": 32}}
+    (f,) = DEAD.check(deep_relu_stats(off=20, dead=0, depth=3))   # 3 weight layers up to it: collapse can be
+    assert f.severity is Severity.INFO
+    (f,) = DEAD.check(deep_relu_stats(off=20, dead=0, depth=2), {"collapse_depth": 2})
+    assert f.severity is Severity.INFO
+    (f,) = DEAD.check(deep_relu_stats(off=20, dead=0, depth=10), {"collapse_depth": 11})
+    assert f.severity is Severity.WARNING
+
+
+def test_dead_relus_tiny_layers_count_only_far_below_zero():
+    """Squeeze-excite bottlenecks of 4 units: off near zero is nothing; far below zero (a bias of -20) is dead."""
+    assert DEAD.check(deep_relu_stats(off=3, dead=3, units=4, margin=-0.9)) == []
+    (f,) = DEAD.check(deep_relu_stats(off=4, dead=4, units=4, margin=-120.0))
+    assert_well_formed(f, DEAD, Severity.WARNING, "relu9")
+
+
 def test_dead_relus_ignores_non_relu_layers():
     stats = dead_stats(0)
     stats.layers.append(act(3, "gelu", S.OTHER_ACT, units=10, dead_units=10))

@@ -147,6 +147,52 @@ def test_tiny_partly_dead_layers_are_not_judged():
     assert dead.check(RunStats(layers=layers, steps=3, losses=[1.0] * 3)) == []
 
 
+def test_collapsed_deep_plain_relu_net_is_info_not_dead():
+    """A healthy 30-layer plain ReLU MLP (He init): about half the late units off on a batch of 8, near zero,
+    the examples' vectors nearly parallel. Info (correlation collapse), exit 0."""
+    r = run(f"{EXAMPLES}/relu_collapse.py:build")
+    assert failing(r) == [] and r.exit_code == 0
+    f = only(r, "dead-relus")
+    assert f.severity is Severity.INFO and "correlation collapse, not death" in f.message
+    worst = next(lv for lv in r.layers if lv["name"] == f.layer)
+    assert worst["off_units"] >= worst["units"] / 2 and worst["dead_units"] < worst["units"] / 2
+    assert worst["coherence"] >= S.VARIED_COHERENCE and -S.DEAD_MARGIN < worst["off_margin_median"] < 0
+
+
+def test_collapsed_net_twin_with_negative_biases_is_dead():
+    """The same MLP with every bias at -2: really dead, and the signal is cut: an error."""
+    r = run(f"{CALIB}:plain_relu_mlp_he_30_bias_minus_2")
+    f = only(r, "dead-relus")
+    assert f.severity is Severity.ERROR and "No learning signal" in f.message
+    assert any("-2" in x and "bias" in x for x in f.fixes)
+
+
+@pytest.mark.slow
+def test_squeeze_excite_bottlenecks_are_not_dead():
+    """SE bottlenecks of 4 units off on a few pooled examples: no finding at all (several seeds)."""
+    for seed in (0, 1, 2):
+        r = run(f"{CALIB}:se_resnet", seed=seed)
+        assert [f for f in r.findings if f.rule == "dead-relus"] == [], seed
+        assert failing(r) == [], seed
+
+
+def test_squeeze_excite_twin_with_dead_bottlenecks_warns():
+    """The same SE-ResNet with the bottlenecks' biases at -20: every SE unit far below zero: dead."""
+    r = run(f"{CALIB}:se_resnet_dead_se")
+    f = only(r, "dead-relus")
+    assert f.severity is Severity.WARNING
+    assert set(f.evidence["dead_units"]) == {f"blocks.{i}.se.relu" for i in range(4)}
+    assert all(m < -S.DEAD_MARGIN for m in f.evidence["off_margin_median"].values())
+
+
+def test_units_killed_by_a_large_step_are_dead_not_collapse():
+    """One SGD step with lr=50 leaves a shallow layer's examples alike (huge upstream weights): in a shallow
+    layer that is death, not depth's correlation collapse."""
+    r = run(f"{CALIB}:dead_relu_large_lr_step")
+    f = only(r, "dead-relus")
+    assert f.severity is Severity.WARNING and "mostly dead" in f.message
+
+
 # --------------------------------------------------------------------------------------------------------
 # 5. Moderate but steady decay or growth
 # --------------------------------------------------------------------------------------------------------

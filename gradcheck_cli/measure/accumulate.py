@@ -181,13 +181,17 @@ class Accumulator:
         )
 
     def _finish_layers(self, steps: int) -> list[S.LayerStats]:
-        """Bring back per-unit masks and time profiles (one transfer) and finalise LayerStats."""
+        """Bring back per-unit maxima and moments and time profiles (one transfer) and finalise LayerStats."""
         vectors: list[torch.Tensor] = []
         owners: list[tuple[Layer, str, int]] = []
         for layer in self.inv.layers:
-            if layer.alive is not None:   # NaN (not <= 0) counts as alive
-                vectors.append(layer.alive.le(0).logical_not_().to(torch.float32))
+            if layer.alive is not None:   # NaN (not <= 0) counts as alive: +inf survives a max over ranks
+                vectors.append(torch.nan_to_num(layer.alive.to(torch.float32), nan=math.inf))
                 owners.append((layer, "alive", layer.alive.numel()))
+                mom = moments_vector(layer)
+                if mom is not None:
+                    vectors.append(mom)
+                    owners.append((layer, "moments", mom.numel()))
             if layer.time_sq is not None:
                 vectors.append(layer.time_sq.to(torch.float32))
                 owners.append((layer, "time", layer.time_sq.numel()))
@@ -196,15 +200,18 @@ class Accumulator:
             vectors = self.reduce_vectors([(what, v) for (_, what, _), v in zip(owners, vectors)])
         if vectors:
             dev = vectors[0].device
-            flat = torch.cat([v.to(dev) for v in vectors]).cpu().tolist()
+            flat = torch.cat([v.to(dev, torch.float64) for v in vectors]).cpu().tolist()
         pos = 0
+        maxima: dict[int, list[float]] = {}
         for layer, what, n in owners:
             vals = flat[pos:pos + n]
             pos += n
             st = layer.stats
             if what == "alive":
-                st.units = n
-                st.dead_units = int(n - sum(vals))
+                maxima[layer.slot] = vals
+                set_relu_units(st, vals, None)
+            elif what == "moments":
+                set_relu_units(st, maxima[layer.slot], vals)
             else:
                 set_time_profile(st, [math.sqrt(max(v, 0.0)) for v in vals])
 
@@ -255,3 +262,75 @@ def set_time_profile(st: S.LayerStats, per_t: list[float]) -> None:
     st.time_grad_first_last = early / late if late > 0 else (math.inf if early > 0 else None)
     hi, lo = max(per_t), min(per_t)
     st.time_grad_min_max = lo / hi if hi > 0 else None
+
+
+# Dead ReLU units versus units that are merely off on these inputs (see docs/calibration.md, "Dead ReLUs
+# versus correlation collapse"). A unit is off when its pre-activation was <= 0 for every value seen. The
+# layer's coherence is the share of its firing units' pre-activation variance that lies between units
+# (the same for every example and position: 1 = every example gives the same vector, ~0 = varied
+# inputs); all units when fewer than MIN_FIRED fired. An off unit is dead when it is also
+#   off on varied inputs: coherence below VARIED_COHERENCE and at least MIN_SAMPLES values per unit, or
+#   far below zero: its largest pre-activation is below -DEAD_MARGIN times the layer's spread (the std of
+#     the firing units' pre-activations, between and within units), or
+#   off whatever the input: coherence above INPUT_INDEPENDENT (the pre-activation is the same for every
+#     example: zero weights, or a signal that vanished before it so that only the biases are left), or the
+#     unit's own pre-activation varies by less than that share of the layer's variance.
+# In a deep plain ReLU net the examples' representations become nearly parallel (coherence near 1): a
+# healthy unit can then be off on a whole small batch a fraction of a std below zero; it is not dead.
+DEAD_MARGIN = S.DEAD_MARGIN
+VARIED_COHERENCE = S.VARIED_COHERENCE   # healthy collapsed layers of width >= 32: >= 0.42
+MIN_SAMPLES = 16
+MIN_FIRED = 4   # fewer firing units than this: their spread is measured over every unit
+INPUT_INDEPENDENT = 0.99999   # pooled squeeze-excite features of healthy nets reach 0.9991
+
+
+def moments_vector(layer: Layer) -> torch.Tensor | None:
+    """[per-unit sums..., per-unit sums of squares..., count] of a ReLU layer's pre-activation (float64, on
+    the device; summed over ranks), or None when its pre-activation was not seen in every call."""
+    mom = layer.pre_moments
+    if mom is None or layer.pre_blind or layer.alive is None or mom[0].shape[-1] != layer.alive.numel():
+        return None
+    acc, n = mom
+    return torch.cat((acc.reshape(-1), torch.tensor([float(n)], dtype=torch.float64, device=acc.device)))
+
+
+def set_relu_units(st: S.LayerStats, maxima: list[float], moments: list[float] | None) -> None:
+    """Units, off and dead units, margins and coherence of a ReLU layer from its per-unit maxima of the
+    pre-activation and (when seen) its moments [per-unit sums..., per-unit sums of squares..., count of
+    values]. Without the moments every off unit counts as dead (all the output can tell)."""
+    c = len(maxima)
+    off = [m for m in maxima if m <= 0]
+    st.units = c
+    st.off_units = len(off)
+    st.dead_units = len(off)
+    st.unit_margin_min = st.off_margin_median = st.coherence = st.unit_samples = None
+    if moments is None or c == 0 or len(moments) != 2 * c + 1 or not moments[-1] > 0:
+        return
+    per_unit = moments[-1] / c
+    means = [v / per_unit for v in moments[:c]]
+    within = [max(q / per_unit - m * m, 0.0) for q, m in zip(moments[c:2 * c], means)]
+    st.unit_samples = int(round(per_unit))
+    fired = [j for j, m in enumerate(maxima) if m > 0 and math.isfinite(m)]
+    pool = fired if len(fired) >= MIN_FIRED else list(range(c))
+    mu = sum(means[j] for j in pool) / len(pool)
+    between = sum((means[j] - mu) ** 2 for j in pool) / len(pool)
+    inside = sum(within[j] for j in pool) / len(pool)
+    total = between + inside
+    if not math.isfinite(total):
+        return
+    st.coherence = between / total if total > 0 else None
+    scale = math.sqrt(total)
+    if scale > 0:
+        margins = sorted(m / scale for m in maxima if math.isfinite(m))
+        st.unit_margin_min = margins[0] if margins else None
+        off_m = sorted(m / scale for m in off)
+        if off_m:
+            st.off_margin_median = off_m[len(off_m) // 2]
+    varied = st.coherence is not None and st.coherence < VARIED_COHERENCE and per_unit >= MIN_SAMPLES
+    fixed = st.coherence is not None and st.coherence > INPUT_INDEPENDENT
+    if varied or fixed or scale == 0:
+        return   # every off unit is dead: off on varied inputs, or a pre-activation <= 0 whatever the input
+    # An off unit whose own pre-activation is the same for every example (its inputs never move it) is dead
+    # too, as is one far below zero.
+    flat = (1.0 - INPUT_INDEPENDENT) * total
+    st.dead_units = sum(1 for j, m in enumerate(maxima) if m <= 0 and (m < -DEAD_MARGIN * scale or within[j] <= flat))

@@ -181,8 +181,9 @@ class DistMonitor(Monitor):
         return reduce_record(record, self.group, grads=self.grads)
 
     def reduce_vectors(self, vectors: list[tuple[str, torch.Tensor]]) -> list[torch.Tensor]:
-        """End of run: per-unit "alive" masks by max (dead only if dead on every rank), recurrent
-        per-time-step squared gradients summed and divided by N**2."""
+        """End of run: per-unit maxima of the ReLU pre-activations ("alive") by max (off and dead only if
+        so on every rank: the margin is the max of the per-rank maxima), their moments (per-unit sums,
+        sum of squares, count) summed, recurrent per-time-step squared gradients summed and divided by N**2."""
         import torch.distributed as dist
 
         n = dist.get_world_size(self.group)
@@ -191,7 +192,7 @@ class DistMonitor(Monitor):
         for what, v in vectors:
             t = v.to(dev, torch.float64)
             dist.all_reduce(t, op=dist.ReduceOp.MAX if what == "alive" else dist.ReduceOp.SUM, group=self.group)
-            out.append((t if what == "alive" else t / (n * n)).to(v.device, torch.float32))
+            out.append((t / (n * n) if what == "time" else t).to(v.device, torch.float32))
         return out
 
 

@@ -56,7 +56,7 @@ class FunctionalState:
     def found_any(self) -> bool:
         return any(layer is not None for layer in self.functional.values())
 
-    def on_functional(self, kind: str, out: torch.Tensor) -> None:
+    def layer_for(self, kind: str) -> Layer | None:
         # Keyed by call site (a cheap stack walk); the owning module is looked up once per site.
         site = user_site()
         key = (kind, site)
@@ -67,9 +67,28 @@ class FunctionalState:
             else:
                 label = f"{self.inv.owner_name(owner) or '(model)'}.{FUNC_NAMES[kind]}@{site[1]}"
                 self.functional[key] = self.inv.add_functional(label, f"{FUNC_NAMES[kind]}()", kind)
-        layer = self.functional[key]
+        return self.functional[key]
+
+    def on_functional(self, kind: str, out: torch.Tensor, pre: torch.Tensor | None = None) -> None:
+        layer = self.layer_for(kind)
         if layer is not None:
-            self.hooks.on_output(layer, out)
+            self.hooks.on_output(layer, out, pre)
+
+    def relu_inplace(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        """torch.relu_ / F.relu(x, inplace=True): the input's statistics are taken before it is
+        overwritten, then the call runs and its output is measured as usual."""
+        layer = self.layer_for(S.RELU)
+        if layer is None:
+            return func(*args, **kwargs)
+        self.hooks.track_pre(layer, args[0])
+        out = func(*args, **kwargs)
+        if isinstance(out, torch.Tensor):
+            was, layer.pre_hooked = layer.pre_hooked, True   # measured above: the output hook must not redo it
+            try:
+                self.hooks.on_output(layer, out)
+            finally:
+                layer.pre_hooked = was
+        return out
 
     def on_risky(self, op: str, out: torch.Tensor) -> None:
         if not out.is_floating_point():
@@ -151,14 +170,18 @@ class FunctionalWatch(TorchFunctionMode):
         self.state = state
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
         try:
             kind = FUNCTIONAL.get(func)
         except TypeError:   # unhashable callable
             kind = None
+        if kind == S.RELU and args and type(args[0]) is torch.Tensor and _overwrites_input(func, args, kwargs):
+            return self.state.relu_inplace(func, args, kwargs)
+        out = func(*args, **kwargs)
         if isinstance(out, torch.Tensor):
             if kind is not None:
-                self.state.on_functional(kind, out)
+                pre = args[0] if kind == S.RELU and args and type(args[0]) is torch.Tensor else None
+                self.state.on_functional(kind, out, pre)
             elif self.state.hooks.diagnose:
                 try:
                     op = RISKY.get(func)
@@ -167,3 +190,12 @@ class FunctionalWatch(TorchFunctionMode):
                 if op is not None:
                     self.state.on_risky(op, out)
         return out
+
+
+_RELU_INPLACE = {torch.relu_, torch.Tensor.relu_, F.relu_}
+
+
+def _overwrites_input(func: Any, args: tuple, kwargs: dict) -> bool:
+    if func in _RELU_INPLACE:
+        return True
+    return bool(kwargs.get("inplace", len(args) > 1 and args[1] is True))

@@ -67,12 +67,18 @@ class Hooks:
             self.handles.append(mod.register_forward_hook(self.forward_hook(layer)))
             if layer.stats.recurrent:
                 self.handles.append(mod.register_forward_pre_hook(self.rnn_pre_hook(layer)))
+            if layer.kind == S.RELU and getattr(mod, "inplace", False) is True:
+                # nn.ReLU(inplace=True) overwrites its input: its pre-activation is read before it runs
+                layer.pre_hooked = True
+                self.handles.append(mod.register_forward_pre_hook(self.relu_pre_hook(layer)))
 
     def remove(self) -> None:
         self.end_pass()
         for h in self.handles:
             h.remove()
         self.handles.clear()
+        for layer in self.inv.layers:
+            layer.pre_hooked = False
 
     def begin_pass(self) -> None:
         self.fwd_seq = itertools.count()
@@ -112,6 +118,7 @@ class Hooks:
 
     def forward_hook(self, layer: Layer) -> Callable:
         is_param = layer.stats.role == S.PARAM
+        is_relu = layer.kind == S.RELU
         on_output = self.on_output
 
         def hook(mod: nn.Module, inputs: Any, output: Any) -> None:
@@ -119,10 +126,29 @@ class Hooks:
                 self.last_param_type = type(mod)
             out = output if type(output) is torch.Tensor else primary_tensor(output)
             if out is not None:
-                on_output(layer, out)
+                if is_relu:   # the ReLU's input is its pre-activation (in-place ones: see relu_pre_hook)
+                    on_output(layer, out, inputs[0] if inputs and type(inputs[0]) is torch.Tensor else None)
+                else:
+                    on_output(layer, out)
         return hook
 
-    def on_output(self, layer: Layer, out: torch.Tensor) -> None:
+    def relu_pre_hook(self, layer: Layer) -> Callable:
+        def pre_hook(mod: nn.Module, args: tuple) -> None:
+            x = args[0] if args else None
+            if type(x) is torch.Tensor:
+                self.track_pre(layer, x)
+        return pre_hook
+
+    def track_pre(self, layer: Layer, x: torch.Tensor) -> None:
+        """Per-unit statistics of a ReLU's input read before an in-place ReLU overwrites it (the forward
+        hook that follows then leaves them alone)."""
+        if (self.diagnose or layer.alive_bad or layer.all_alive or not x.is_floating_point() or x.dim() < 1
+                or _in_backward()):
+            return
+        d = x.detach()
+        self.track_alive(layer, d, d)
+
+    def on_output(self, layer: Layer, out: torch.Tensor, pre: torch.Tensor | None = None) -> None:
         if _in_backward():
             # Gradient checkpointing recomputes the forward inside backward: the call was already counted
             # and measured. Its output's gradient (reentrant checkpointing) is still the layer's.
@@ -148,16 +174,23 @@ class Hooks:
             elif kind == S.TANH:
                 self.sink.add(layer.slot, "sat", K.tanh_saturated(out.detach()))
                 layer.step_sat_n += out.numel()
-            elif kind == S.RELU and out.dim() >= 1 and not layer.alive_bad and not layer.all_alive:
-                self.track_alive(layer, out.detach())
+            elif (kind == S.RELU and out.dim() >= 1 and not layer.alive_bad and not layer.all_alive
+                  and not layer.pre_hooked):
+                d = out.detach()
+                if pre is not None and (pre is out or pre.shape != out.shape or not pre.is_floating_point()):
+                    pre = None   # an in-place call (the input was overwritten) or not the pre-activation
+                self.track_alive(layer, d, pre.detach() if pre is not None else None)
         if out.requires_grad and (self.output_grads or self.diagnose):
             if layer.grad_hook is None:
                 layer.grad_hook = self.grad_hook(layer)
             add_tensor_hook(out, layer.grad_hook, self.tensor_handles)
 
-    def track_alive(self, layer: Layer, d: torch.Tensor) -> None:
-        """Running per-unit maximum of the output (units: features, or channels for convolutions);
-        a unit is dead when its maximum is still <= 0 at the end of the run."""
+    def track_alive(self, layer: Layer, d: torch.Tensor, pre: torch.Tensor | None = None) -> None:
+        """Running per-unit maximum (units: features, or channels for convolutions) of the pre-activation
+        `pre` (of the output `d` when the pre-activation cannot be seen): a unit is off when its maximum is
+        still <= 0 at the end of the run. With the pre-activation also its per-unit sums and sums of
+        squares and the count of values (how far below zero the off units are, and how alike the
+        examples' vectors are): one more reduction over the data on the device, no host sync."""
         ndim = d.dim()
         if layer.alive_dims is None or layer.alive_ndim != ndim:
             channel_first = ndim >= 4 or (ndim == 3 and self.last_param_type is not None
@@ -165,7 +198,9 @@ class Hooks:
             unit_dim = 1 if channel_first and ndim >= 2 else ndim - 1
             layer.alive_dims = tuple(i for i in range(ndim) if i != unit_dim)
             layer.alive_ndim = ndim
-        peak = torch.amax(d, layer.alive_dims) if layer.alive_dims else d.clone()
+        dims = layer.alive_dims
+        src = d if pre is None else pre
+        peak = torch.amax(src, dims) if dims else src.clone()
         if layer.alive is None:
             layer.alive = peak
         elif layer.alive.shape == peak.shape:
@@ -173,9 +208,21 @@ class Hooks:
         else:   # the layer's width changed between calls: the per-unit view is meaningless
             layer.alive_bad = True
             layer.alive = None
+            layer.pre_moments = None
             self.notes.append(f"`{layer.name}` is called on outputs of different widths (one module shared by "
                               "several layers): its dead units are not measured; use one activation module "
                               "per layer to get them")
+            return
+        if pre is None:
+            layer.pre_blind = True
+            layer.pre_moments = None
+        elif not layer.pre_blind:
+            mom = K.unit_moments(pre, dims)
+            if layer.pre_moments is None:
+                layer.pre_moments = [mom, pre.numel()]
+            else:
+                layer.pre_moments[0].add_(mom)
+                layer.pre_moments[1] += pre.numel()
 
     # -- backward ---------------------------------------------------------------------------------------------
 

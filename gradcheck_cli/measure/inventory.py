@@ -56,12 +56,19 @@ class Layer:
     kind: str | None
     owned: list[int] = field(default_factory=list)      # indexes into Inventory.params
     first_call: int | None = None
-    # ReLU-family: running per-unit maximum of the output (device tensor), and its unit layout
+    # ReLU-family: running per-unit maximum of the pre-activation (the output where the input cannot be
+    # seen) (device tensor), and its unit layout
     all_alive: bool = False   # every unit has been non-zero at least once: nothing left to track
     alive_dims: tuple[int, ...] | None = None
     alive_ndim: int = -1
     alive: torch.Tensor | None = None
     alive_bad: bool = False
+    # ... and the pre-activation's moments for the margins and the coherence: [(2, units) float64 tensor
+    # of per-unit sums and sums of squares on the device, count of values (host int)]; None once a call's
+    # pre-activation could not be seen (pre_blind: then only "off" is known, not how far below zero)
+    pre_moments: list[Any] | None = None
+    pre_blind: bool = False
+    pre_hooked: bool = False   # an in-place nn.ReLU: its pre-activation is measured in a forward pre-hook
     # recurrent: sum over the run of the squared gradient reaching the input, per time step (device)
     time_sq: torch.Tensor | None = None
     # host counters of the current step (emitted into the record at its end)

@@ -57,3 +57,17 @@ def sigmoid_saturated(out: torch.Tensor) -> torch.Tensor:
 
 def tanh_saturated(out: torch.Tensor) -> torch.Tensor:
     return out.abs().gt_(TANH_SAT).sum(dtype=torch.float32)
+
+
+def unit_moments(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Per-unit sums and sums of squares over `dims` as one (2, units) float64 tensor (one var_mean kernel
+    over the data, no full-size temporary; float64 so that sums of squares of values far from 0, as a
+    large bias makes them, keep their spread)."""
+    x = t if t.dtype in (torch.float32, torch.float64) else t.to(torch.float32)
+    if dims:
+        var, mean = torch.var_mean(x, dims, correction=0)
+        n = t.numel() // max(mean.numel(), 1)
+    else:
+        var, mean, n = torch.zeros_like(x), x, 1
+    mean = mean.to(torch.float64)
+    return torch.stack((mean, var.to(torch.float64) + mean * mean)).mul_(n)

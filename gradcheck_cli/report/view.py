@@ -29,7 +29,7 @@ KIND_LABELS = dict(KINDS)
 
 @dataclass(frozen=True)
 class Note:
-    kind: str    # "saturated" | "dead" | "nonfinite-output" | "nonfinite-grad" | "time"
+    kind: str    # "saturated" | "dead" | "off" | "nonfinite-output" | "nonfinite-grad" | "time"
     text: str    # what every renderer prints, e.g. "sat 72%", "dead 60/64", "T=100 first/last 1.2e-09"
 
 
@@ -102,6 +102,8 @@ def _notes(lv: dict[str, Any]) -> list[Note]:
         out.append(Note("saturated", f"sat {100 * sat:.0f}%" if sat >= 0.005 else "sat <1%"))
     if lv.get("dead_units"):
         out.append(Note("dead", f"dead {lv['dead_units']}/{lv.get('units')}"))
+    elif lv.get("off_units"):   # off on every example but not dead (correlation collapse, a small batch)
+        out.append(Note("off", f"off {lv['off_units']}/{lv.get('units')}"))
     if lv.get("nonfinite_outputs"):
         out.append(Note("nonfinite-output", "NaN/Inf out"))
     if lv.get("nonfinite_output_grads") or lv.get("nonfinite_param_grads"):

@@ -200,13 +200,13 @@ def signal_cut(stats: RunStats) -> dict | None:
         # on the way forward.
         return {"upstream": upstream, "downstream": downstream, "cut_layer": last, "cause": "zero-input",
                 "after_last_weight": False}
-    if cut_layer.activation == S.RELU and cut_layer.dead_fraction == 1.0:
+    if cut_layer.activation == S.RELU and cut_layer.off_fraction == 1.0:
         cause = "dead-relu"
     elif any(t in cut_layer.type for t in ("Softmax", "LogSoftmax", "softmax")):
         cause = "softmax"
     elif cut_layer.role == S.PARAM and cut_layer.weight_norm == 0:
         cause = "zero-weight"
-    relus = [l for l in after if l.activation == S.RELU and l.dead_fraction == 1.0]
+    relus = [l for l in after if l.activation == S.RELU and l.off_fraction == 1.0]
     if cause == "other" and relus:
         cut_layer, cause = relus[-1], "dead-relu"
     return {"upstream": upstream, "downstream": downstream, "cut_layer": cut_layer, "cause": cause,

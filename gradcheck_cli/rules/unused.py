@@ -114,7 +114,7 @@ def unused_parameters(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Fi
     # Exact zeros in a module whose other parameters learn: their contribution does not change the loss on
     # these inputs (a bias added equally to every attention logit, a segment embedding with one segment).
     zgroups = _by_module(zero_grad)
-    any_dead = any(l.activation == S.RELU and l.dead_fraction == 1.0 for l in stats.layers)
+    any_dead = any(l.activation == S.RELU and l.off_fraction == 1.0 for l in stats.layers)
     some = [] if any_dead or cut is not None else [p for m, ps in zgroups.items() if _learns(stats, m) for p in ps]
     if some:
         mods = [m for m in zgroups if _learns(stats, m)]
@@ -134,7 +134,7 @@ def unused_parameters(stats: RunStats, opts: dict[str, Any], r: Rule) -> list[Fi
         n = len(stats_zero)
         msg = (f"{n} trainable parameter tensor{'s' if n > 1 else ''} in {list_names(mods)} receive{'' if n > 1 else 's'} "
                "an exactly-zero gradient in every pass.")
-        dead = [l for l in stats.layers if l.activation == S.RELU and l.dead_fraction == 1.0]
+        dead = [l for l in stats.layers if l.activation == S.RELU and l.off_fraction == 1.0]
         severity = None
         if dead:   # the cause is reported by dead-relus; keep this as context, not a second failure
             msg = msg[:-1] + f", because every unit of {name(dead[-1].name)} before it is dead (see dead-relus)."
