@@ -609,7 +609,9 @@ def test_dead_relus_dead_units_in_a_deep_layer_still_warn():
     (f,) = DEAD.check(deep_relu_stats(off=30, dead=28, coherence=0.1, margin=-5.0, bias=-3.0))
     assert_well_formed(f, DEAD, Severity.WARNING, "relu9")
     assert f.evidence["dead_units"] == {"relu9": {"dead": 28, "units": 32}}
-    assert f.evidence["off_margin_median"] == {"relu9": -5.0} and "LeakyReLU" in f.fixes[0]
+    assert f.evidence["off_margin_median"] == {"relu9": -5.0}
+    # The negative bias is the cause: resetting it comes first (verified to resolve; LeakyReLU after it).
+    assert "Reset the negative biases" in f.fixes[0] and "LeakyReLU" in f.fixes[1]
 
 
 def test_dead_relus_shallow_layers_count_every_off_unit():
