@@ -117,3 +117,19 @@ fsdp_Blocks = _sharded(Blocks)
 fsdp_gpt2 = _sharded(gpt2)
 fsdp_SqrtNaN = _sharded(SqrtNaN)
 fsdp_DeadHalf = _sharded(DeadHalf)
+
+
+# The training rehearsal (--train-steps) under torchrun: a ReLU MLP (He init) that learns its synthetic
+# batches with SGD + momentum at lr 0.05, and the same with lr 1.0 (the loss diverges within a few steps).
+def train_mlp() -> nn.Module:
+    torch.manual_seed(11)
+    layers = []
+    for a, b in ((16, 64), (64, 64), (64, 4)):
+        lin = nn.Linear(a, b)
+        nn.init.kaiming_normal_(lin.weight, nonlinearity="relu")
+        nn.init.zeros_(lin.bias)
+        layers += [lin, nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+fsdp_train_mlp = _sharded(train_mlp)
