@@ -31,7 +31,11 @@ MODELS = [
     {"model": f"{DATA}:SqrtNaN", "batch": f"{DATA}:nan_batch"},
     {"model": f"{DATA}:DeadHalf", "batch": f"{DATA}:dead_batch"},
     {"model": f"{DATA}:mlp", "batch": f"{DATA}:ranked_batch"},
+    # the training rehearsal (--train-steps): its optimizer steps are the DDP / FSDP2 steps
+    {"model": f"{DATA}:train_mlp", "input_shape": [8, 16], "train_steps": 20, "optimizer": "sgd", "lr": 0.05},
+    {"model": f"{DATA}:train_mlp", "input_shape": [8, 16], "train_steps": 20, "optimizer": "sgd", "lr": 1.0},
 ]
+HEALTHY_TRAIN, DIVERGING_TRAIN = len(MODELS) - 2, len(MODELS) - 1
 
 
 def _env() -> dict:
@@ -155,6 +159,45 @@ def test_rank0_alone_writes_and_prints(runs):
     assert proc.stdout.count("2 ranks (gloo, ddp)") == len(MODELS)
     assert proc.stdout.count("2 ranks (gloo, fsdp)") == len(MODELS)
     assert "error:" not in proc.stderr
+
+
+def _same_training(one: dict, dist: dict) -> None:
+    """The rehearsal on 2 ranks equals the one on one process on the same global batch: same steps run,
+    same stop, and per step the loss, the global gradient norm and the largest |update|/|weight| (and its
+    layer) within 1e-4 relative."""
+    a, b = one["training"], dist["training"]
+    spec = one["model"]["spec"]
+    assert a is not None and b is not None, spec
+    for key in ("steps_requested", "steps_run", "optimizer", "lr", "stopped", "params_not_in_optimizer", "onsets"):
+        assert a[key] == b[key], (spec, key, a[key], b[key])
+    assert len(a["steps"]) == len(b["steps"]) == a["steps_run"]
+    for x, y in zip(a["steps"], b["steps"]):
+        for key in ("loss", "grad_norm", "update_ratio_max"):
+            assert _close(x[key], y[key]), (spec, x["step"], key, x[key], y[key])
+        assert x["update_ratio_layer"] == y["update_ratio_layer"], (spec, x["step"])
+
+
+def test_training_two_ranks_equal_one_process(runs):
+    """--train-steps: the healthy MLP stays silent and learns, the diverging one is found at the same
+    step (loss-divergence, and everything else it sets off: update ratios, dying ReLUs, NaN at step 15),
+    on DDP and on FSDP2 as on one process."""
+    one = runs["one"]["reports"]
+    for strategy in ("ddp", "fsdp"):
+        dist = runs[strategy]["reports"]
+        for i in (HEALTHY_TRAIN, DIVERGING_TRAIN):
+            _same_training(one[i], dist[i])
+            assert dist[i]["run"]["distributed"]["strategy"] == strategy
+    healthy = one[HEALTHY_TRAIN]
+    assert healthy["findings"] == []
+    losses = [s["loss"] for s in healthy["training"]["steps"]]
+    assert losses[-1] < 0.2 * losses[0]
+    diverging = {f["rule"]: f for f in one[DIVERGING_TRAIN]["findings"]}
+    assert {"loss-divergence", "update-ratio", "non-finite"} <= set(diverging)
+    for strategy in ("ddp", "fsdp"):
+        found = {f["rule"]: f for f in runs[strategy]["reports"][DIVERGING_TRAIN]["findings"]}
+        for rule in ("loss-divergence", "non-finite", "dead-relus", "update-ratio"):
+            assert found[rule]["evidence"].get("onset_step") == diverging[rule]["evidence"].get("onset_step"), rule
+            assert found[rule]["layer"] == diverging[rule]["layer"], rule
 
 
 def test_one_rank_raising_ends_both_with_exit_3(tmp_path):
