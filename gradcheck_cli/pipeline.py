@@ -178,6 +178,8 @@ def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any
 
         try:
             with host_rngs_preserved():
+                if dist is not None and not dist.ctx.is_main:   # under torchrun rank 0 alone shows the bar
+                    progress = None
                 traj, train_notes = rehearse(model, source, loss_fn, seed=s.seed, device=device, progress=progress,
                                              train=TrainSettings(steps=s.train_steps, optimizer=s.optimizer,
                                                                  lr=s.lr, precision=s.precision),

@@ -161,7 +161,7 @@ class _ReluWatch:
             reduced = mon.reduce_vectors([("alive", m.to(torch.float32)) for _, m in kept])
             kept = [(layer, r.gt(0)) for (layer, _), r in zip(kept, reduced)]
         for layer, stacked in kept:
-            steps = torch.arange(len(ms), device=stacked.device).unsqueeze(1)
+            steps = torch.arange(stacked.shape[0], device=stacked.device).unsqueeze(1)
             last_alive = torch.where(stacked, steps, torch.full_like(steps, -1)).amax(0)
             start[layer.name] = stacked[0].cpu().tolist()
             last[layer.name] = last_alive.cpu().tolist()
