@@ -73,3 +73,21 @@ def test_one_rank_rehearsal_equals_plain(group, fsdp):
     assert all(p.grad is None for p in model.parameters())
     if fsdp:
         assert all(type(p).__name__ == "DTensor" for p in model.parameters())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_rehearsal_refused_under_torchrun(group, precision, monkeypatch):
+    """Under torchrun the rehearsal is fp32 only for now (README "Distributed", limits): exit 2 with what
+    to do, agreed by every rank, before the model is built."""
+    from gradcheck_cli.config import Settings
+    from gradcheck_cli.errors import InputError
+    from gradcheck_cli.pipeline import run_check
+
+    ctx = distributed.Context(rank=0, world_size=1, local_rank=0, backend="gloo", fsdp=False, owns_group=False)
+    monkeypatch.setattr(distributed, "_current", ctx)
+    with pytest.raises(InputError) as info:
+        run_check(Settings(model=f"{__file__}:_model", input_shape=(8, 16), train_steps=2, precision=precision,
+                           device="cpu"))
+    assert f"--precision {precision}" in str(info.value) and "torchrun" in str(info.value)
+    assert info.value.exit_code == 2 and "--precision fp32" in (info.value.hint or "")
+    assert getattr(info.value, "agreed", False)
