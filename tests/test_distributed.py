@@ -1,11 +1,13 @@
 """gradcheck under a real `torchrun --nproc-per-node 2` (gloo, CPU): the 2-rank report equals the
 1-process report on the same global batch; FSDP2 (gradcheck's --fsdp sharding) equals plain data parallel;
-a rank that raises ends both ranks with exit 3.
+a rank that raises ends both ranks with exit 3. The same for the training rehearsal (--train-steps, per
+`models:` entry): its optimizer steps are the DDP / FSDP2 steps, and its series equal one process's.
 
-Three launches in all (process start and the imports of torch and transformers in every rank dominate the
+Four launches in all (process start and the imports of torch and transformers in every rank dominate the
 time, not the checks): one process; one torchrun with every model twice, plain (data parallel) and sharded
 by its build() with `distributed.shard`, the function --fsdp calls (a model already sharded with FSDP2 is
-measured as it is); one torchrun with `--fsdp` in which rank 1 raises (the flag's own path).
+measured as it is); two torchruns with `--fsdp` in which rank 1 raises (the flag's own path), in the
+check and in the rehearsal.
 """
 
 from __future__ import annotations
