@@ -66,7 +66,10 @@ def _config(tmp_path: Path, models: list[dict]) -> Path:
 
 
 def _torchrun(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--monitor-interval", "0.1",
+    # --standalone: a free port of its own. Without it every launch uses 127.0.0.1:29500, and two test runs at
+    # the same time on one machine (CI jobs, or parallel sessions) join each other's ranks.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "--monitor-interval", "0.1",
            "-m", "gradcheck_cli", "check", *args]
     return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
 
