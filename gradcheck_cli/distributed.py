@@ -451,6 +451,57 @@ class Driver:
             size += g.numel()
         flush()
 
+    # -- the training rehearsal (measure/training.py calls these) ------------------------------------------
+
+    def training_model(self, model: Any, unused: bool = False) -> tuple[Any, Any, Any]:
+        """(the module the rehearsal trains and measures, what its forward is called on, a function that
+        ends the rehearsal). ddp: a deep copy of the model wrapped in DistributedDataParallel (its
+        backward all-reduces the gradients, so the optimizer steps are DDP's); `unused` (the check saw
+        trainable parameters without a gradient): find_unused_parameters. fsdp: FSDP2 modules cannot
+        be deep-copied, so the sharded model itself trains: its local shards, persistent buffers and
+        .grad are saved first (1/N of the parameters per rank) and put back at the end."""
+        import copy
+
+        import torch
+        from torch.nn.parallel import DistributedDataParallel
+
+        from gradcheck_cli.measure import model_state
+        from gradcheck_cli.measure.distributed import local
+
+        if self.ctx.strategy == "fsdp":
+            params = list(model.parameters())
+            with torch.no_grad():
+                saved = [local(p.detach()).clone() for p in params]
+            grads = [p.grad for p in params]
+            state = model_state.snapshot(model)
+
+            def done() -> None:
+                with torch.no_grad():
+                    for p, v in zip(params, saved):
+                        local(p.detach()).copy_(v)
+                for p, g in zip(params, grads):
+                    p.grad = g
+                model_state.restore(model, state)
+            return model, model, done
+        try:
+            net = copy.deepcopy(model)
+        except Exception as exc:
+            raise InputError("the training rehearsal trains a deep copy of the model (the model is left untouched), "
+                             f"and copy.deepcopy failed: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}",
+                             hint="make the model deep-copyable, or run without the training rehearsal") from None
+        if self.ctx.device is not None:
+            net.to(self.ctx.device)
+        wrapped = DistributedDataParallel(net, device_ids=[self.ctx.device.index] if self.ctx.device is not None
+                                          else None, find_unused_parameters=unused)
+        return net, wrapped, lambda: None
+
+    def training_monitor(self, net: Any) -> Any:
+        """The rehearsal's monitor: each step's record reduced across ranks (measure.distributed)."""
+        from gradcheck_cli.measure.distributed import DistMonitor
+
+        self.train_mon = DistMonitor(net, grads="sharded" if self.ctx.strategy == "fsdp" else "replicated")
+        return self.train_mon
+
     def close(self) -> None:
         for p, g in self.ctx.saved_grads:
             p.grad = g

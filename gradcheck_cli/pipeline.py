@@ -83,9 +83,10 @@ def _run_check(s: Settings, progress: Any = None, verify_progress: Any = None) -
 
     ctx = distributed.current()
     try:
-        if ctx is not None and s.train_steps:
-            raise InputError("--train-steps is not supported under torchrun yet",
-                             hint="run the training rehearsal in one process (python -m gradcheck_cli check ...)")
+        if ctx is not None and s.train_steps and s.precision != "fp32":
+            raise InputError(f"--precision {s.precision} with --train-steps is not supported under torchrun yet",
+                             hint="rehearse mixed precision in one process (python -m gradcheck_cli check ...), "
+                                  "or use --precision fp32 under torchrun")
         with torch.random.fork_rng(devices=[]), host_rngs_preserved():
             seed_all(s.seed)
             set_phase("import")
@@ -176,9 +177,12 @@ def check_loaded(model: Any, source: Any, loss_fn: Any, s: Settings, device: Any
 
         try:
             with host_rngs_preserved():
+                if dist is not None and not dist.ctx.is_main:   # under torchrun rank 0 alone shows the bar
+                    progress = None
                 traj, train_notes = rehearse(model, source, loss_fn, seed=s.seed, device=device, progress=progress,
                                              train=TrainSettings(steps=s.train_steps, optimizer=s.optimizer,
-                                                                 lr=s.lr, precision=s.precision))
+                                                                 lr=s.lr, precision=s.precision),
+                                             dist=dist, unused=bool(result.stats.unused_parameters))
         except GradcheckError as exc:
             add_hint(exc)
             raise
@@ -319,4 +323,5 @@ def training_summary(t: Any, findings: list[Finding]) -> dict[str, Any]:
     return {"steps_requested": t.steps_requested, "steps_run": t.steps, "optimizer": t.optimizer, "lr": t.lr,
             "precision": t.precision, "stopped": t.stopped, "skipped_steps": list(t.skipped_steps),
             "flushed_to_zero": dict(t.flushed_to_zero), "params_not_in_optimizer": list(t.params_not_in_optimizer),
-            "onsets": onsets, "steps": steps}
+            "onsets": onsets, "steps": steps,
+            **({"first_nonfinite_rank": dict(t.nonfinite_rank)} if t.nonfinite_rank else {})}

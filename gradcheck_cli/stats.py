@@ -189,6 +189,7 @@ class Trajectory:
     nonfinite_backward: str | None = None
     nonfinite_ops: list[dict[str, Any]] = field(default_factory=list)
     nonfinite_layers: list[str] = field(default_factory=list)    # layers with NaN/Inf parameter gradients or weights
+    nonfinite_rank: dict[str, int] | None = None   # under torchrun: the rank that saw the first NaN/Inf (forward/backward)
     # mixed precision: loss scale per step (fp16), steps skipped for overflow, gradients flushed to zero
     loss_scales: list[float] = field(default_factory=list)
     skipped_steps: list[int] = field(default_factory=list)

@@ -7,7 +7,9 @@ losses are means over their slices, and the global loss is their mean, as under 
   or gradcheck's own all-reduce for a plain model), so they are the global gradients already:
   `replicated` (every rank holds all of them): rank 0's sums of squares are taken as they are;
   `sharded` (FSDP2: each rank holds a shard, a DTensor's local tensor): the shards' sums add up, so
-  per-layer norms of sharded parameters are exact;
+  per-layer norms of sharded parameters are exact. The training rehearsal's per-parameter sums of
+  squares of the update and of the weight before the optimizer step (keys "pupd", "pweight") are
+  treated the same way (PARAM_KEYS);
 - dLoss/dOutput (key "g") and the recurrent per-time-step profiles are local: rank r's slice of the
   global activation gradient is 1/N of its local one, so their sums of squares add up over ranks and are
   divided by N**2;
@@ -41,6 +43,8 @@ from gradcheck_cli.measure.record import KEYS, Reduce, StepRecord
 _OPS = {Reduce.SUM: "SUM", Reduce.MAX: "MAX", Reduce.MIN: "MIN", Reduce.ANY: "MAX"}
 LOCAL_GRAD_KEYS = ("g",)   # gradients of the rank's own loss (not averaged by the backward)
 PER_RANK_MEAN_KEYS = ("loss", "calls")   # summed, then divided by N: the mean loss, calls per forward
+# per-parameter sums of squares: replicated (DDP) -> rank 0's, sharded (FSDP2) -> the shards' sums added
+PARAM_KEYS = ("pgrad", "pupd", "pweight")
 
 
 class LayoutMismatch(UserCodeError):
@@ -101,7 +105,7 @@ def reduce_record(record: StepRecord, group: Any = None, *, grads: str = "replic
     values = list(record.values)
     if grads == "replicated" and rank != 0:   # equal on every rank: take rank 0's
         for slot, key, off, length, _ in record.entries:
-            if key == "pgrad":
+            if key in PARAM_KEYS:
                 values[off:off + length] = [0.0] * length
     dev = _device(group)
     out = list(values)

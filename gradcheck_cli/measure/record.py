@@ -51,6 +51,10 @@ KEYS: dict[str, Key] = {k.name: k for k in (
         "gradients, FSDP: shards add up; DDP gradients are equal on every rank after its all-reduce: take "
         "one rank's)", grad_power=2),
     Key("pgrad_bad", Reduce.ANY, "diagnosis: a parameter's gradient held NaN/Inf"),
+    Key("pupd", Reduce.SUM, "training rehearsal: sum of squares of each parameter's update in an optimizer "
+        "step (FSDP shards add up; replicated DDP parameters: take one rank's, as for pgrad)"),
+    Key("pweight", Reduce.SUM, "training rehearsal: sum of squares of each parameter before an optimizer step "
+        "(FSDP shards add up; replicated DDP parameters: take one rank's)"),
 )}
 
 

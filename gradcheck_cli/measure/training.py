@@ -12,6 +12,15 @@ mode (same batch, same seed, weights not yet updated), which names the first lay
 non-finite gradient with a finite loss is what GradScaler skips: the step is counted as skipped instead.
 
 The user's model is never touched: only the copy trains, and it is dropped at the end.
+
+Under torchrun (`dist`: the distributed.Driver of the check) the optimizer steps are the data-parallel
+steps: strategy ddp trains the deep copy wrapped in DistributedDataParallel, strategy fsdp the FSDP2-
+sharded model itself (FSDP2 modules cannot be deep-copied: its local shards are saved and put back), each
+rank on its slice of the global batch (distributed.RankBatches; the synthetic pairs are the global ones,
+sliced). Each step's record goes through the cross-rank reduction of measure/distributed.py (DistMonitor);
+at the end the per-parameter update and weight sums of squares go through the same reduce_record (keys
+pupd/pweight: DDP's replicated parameters counted once, FSDP2 shards added), and the ReLU masks through
+DistMonitor.reduce_vectors (a unit is dead only if dead on every rank).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from gradcheck_cli import stats as S
 from gradcheck_cli.deadline import set_phase
 from gradcheck_cli.errors import InputError, UserCodeError, exc_line
 from gradcheck_cli.measure import model_state
+from gradcheck_cli.measure.distributed import local
 from gradcheck_cli.measure.passes import Monitor, measuring, user_error
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -140,15 +150,22 @@ class _ReluWatch:
             h.remove()
         self.handles = []
 
-    def result(self) -> tuple[dict[str, list[bool]], dict[str, list[int]]]:
+    def result(self, mon: Any = None) -> tuple[dict[str, list[bool]], dict[str, list[int]]]:
+        """mon: a DistMonitor under torchrun: the (steps, units) masks reduced by its reduce_vectors ("alive"
+        by max: a unit fired in a step if it fired on any rank)."""
         start: dict[str, list[bool]] = {}
         last: dict[str, list[int]] = {}
+        kept = []
         for layer in self.layers:
             ms = self.masks[layer.slot]
             if layer.slot in self.bad or not ms or any(m.shape != ms[0].shape for m in ms):
                 continue
-            stacked = torch.stack(ms)                      # (steps, units)
-            steps = torch.arange(len(ms), device=stacked.device).unsqueeze(1)
+            kept.append((layer, torch.stack(ms)))                      # (steps, units)
+        if mon is not None and kept:
+            reduced = mon.reduce_vectors([("alive", m.to(torch.float32)) for _, m in kept])
+            kept = [(layer, r.gt(0)) for (layer, _), r in zip(kept, reduced)]
+        for layer, stacked in kept:
+            steps = torch.arange(stacked.shape[0], device=stacked.device).unsqueeze(1)
             last_alive = torch.where(stacked, steps, torch.full_like(steps, -1)).amax(0)
             start[layer.name] = stacked[0].cpu().tolist()
             last[layer.name] = last_alive.cpu().tolist()
@@ -156,25 +173,45 @@ class _ReluWatch:
 
 
 def rehearse(model: nn.Module, batches: Any, loss_fn: Any, *, train: TrainSettings, seed: int,
-             device: torch.device, progress: Callable[[int, int], None] | None = None) -> tuple[S.Trajectory, list[str]]:
-    """Train a deep copy of `model` for train.steps steps; return its trajectory and notes."""
+             device: torch.device, progress: Callable[[int, int], None] | None = None,
+             dist: Any = None, unused: bool = False) -> tuple[S.Trajectory, list[str]]:
+    """Train a deep copy of `model` for train.steps steps; return its trajectory and notes. dist: the
+    distributed.Driver under torchrun (unused: the check saw trainable parameters without a gradient)."""
     with measuring():   # GC paused, frames of an escaping exception released (as for the check's passes)
-        return _rehearse(model, batches, loss_fn, train=train, seed=seed, device=device, progress=progress)
+        return _rehearse(model, batches, loss_fn, train=train, seed=seed, device=device, progress=progress,
+                         dist=dist, unused=unused)
 
 
 def _rehearse(model: nn.Module, batches: Any, loss_fn: Any, *, train: TrainSettings, seed: int,
-              device: torch.device, progress: Callable[[int, int], None] | None) -> tuple[S.Trajectory, list[str]]:
+              device: torch.device, progress: Callable[[int, int], None] | None, dist: Any = None,
+              unused: bool = False) -> tuple[S.Trajectory, list[str]]:
     from gradcheck_cli import losses
     from gradcheck_cli.batches import SyntheticBatches
 
     set_phase("train-copy")
+    done: Callable[[], None] = lambda: None   # noqa: E731
+    if dist is not None:   # DDP around a deep copy, or the FSDP2 model itself (saved, put back by done())
+        net, runner, done = dist.training_model(model, unused)
+    else:
+        try:
+            net = copy.deepcopy(model)
+        except Exception as exc:
+            raise InputError(f"the training rehearsal trains a deep copy of the model (the model is left untouched), "
+                             f"and copy.deepcopy failed: {exc_line(exc, 160)}",
+                             hint="make the model deep-copyable, or run without the training rehearsal") from None
+        runner = net
     try:
-        net = copy.deepcopy(model)
-    except Exception as exc:
-        raise InputError(f"the training rehearsal trains a deep copy of the model (the model is left untouched), and "
-                         f"copy.deepcopy failed: {exc_line(exc, 160)}",
-                         hint="make the model deep-copyable, or run without the training rehearsal") from None
-    if device is not None:
+        return _train(net, runner, batches, loss_fn, losses, SyntheticBatches, train=train, seed=seed,
+                      device=device, progress=progress, dist=dist)
+    finally:
+        done()
+
+
+def _train(net: nn.Module, runner: Any, batches: Any, loss_fn: Any, losses: Any, SyntheticBatches: Any, *,
+           train: TrainSettings, seed: int, device: torch.device | None,
+           progress: Callable[[int, int], None] | None, dist: Any) -> tuple[S.Trajectory, list[str]]:
+    """The rehearsal's loop on `net` (forward through `runner`: net, or its DistributedDataParallel)."""
+    if device is not None and dist is None:   # under torchrun the model is on the rank's device already
         try:
             net.to(device)
         except RuntimeError as exc:
@@ -186,7 +223,7 @@ def _rehearse(model: nn.Module, batches: Any, loss_fn: Any, *, train: TrainSetti
         opt_desc, lr = _changed_optimizer(opt, net, train, opt_desc, lr)
     cuda = model_state.seeded_devices(net, device)
     notes: list[str] = []
-    mon = Monitor(net).attach()
+    mon = (Monitor(net) if dist is None else dist.training_monitor(net)).attach()
     # The trajectory rules read parameter gradients, not |dLoss/dOutput| per layer: skipping those output-
     # gradient hooks keeps a convolutional net's rehearsal near the plain loop's cost (the diagnosis of a
     # NaN/Inf step still takes them, in backward order).
@@ -198,7 +235,7 @@ def _rehearse(model: nn.Module, batches: Any, loss_fn: Any, *, train: TrainSetti
     traj = S.Trajectory(steps_requested=train.steps, optimizer=opt_desc, lr=lr, precision=train.precision)
     traj.params_not_in_optimizer = [n for n, p in zip(names, params) if id(p) not in in_opt]
     traj.layer_params = {l.name: [names[i] for i in l.owned] for l in mon.inv.layers if l.owned}
-    synthetic = isinstance(batches, SyntheticBatches)
+    synthetic = isinstance(getattr(batches, "source", batches), SyntheticBatches)   # RankBatches wraps it
     dev_type = (device.type if device is not None else "cpu")
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.precision)
     scaler = torch.amp.GradScaler(dev_type) if train.precision == "fp16" else None
@@ -213,7 +250,9 @@ def _rehearse(model: nn.Module, batches: Any, loss_fn: Any, *, train: TrainSetti
                 model_state.seed(seed * 1_000_003 + 7 + step, cuda)
                 mon.begin_step()
                 opt.zero_grad(set_to_none=True)
-                loss = _forward_backward(net, batch, loss_fn, losses, mon, dev_type, half, scaler, key, seed)
+                weight = getattr(batches, "weight", 1.0)   # torchrun: n_r * N / B (the global batch's mean loss)
+                loss = _forward_backward(runner, batch, loss_fn, losses, mon, dev_type, half, scaler, key, seed,
+                                         weight=weight)
                 scale = float(scaler.get_scale()) if scaler is not None else 1.0
                 if scaler is not None:
                     scaler.unscale_(opt)
@@ -223,7 +262,8 @@ def _rehearse(model: nn.Module, batches: Any, loss_fn: Any, *, train: TrainSetti
                 if summary["nonfinite"] and (scaler is None or not loss_ok):
                     traj.nonfinite_step = step
                     traj.nonfinite_first = "gradient" if loss_ok else "loss"
-                    _diagnose(net, batch, loss_fn, losses, mon, opt, dev_type, half, scaler, key, seed, step, cuda)
+                    _diagnose(runner, batch, loss_fn, losses, mon, opt, dev_type, half, scaler, key, seed, step, cuda,
+                              weight=weight)
                     rs = mon.acc
                     traj.nonfinite_forward = rs.first_nonfinite_forward
                     traj.nonfinite_backward = rs.first_nonfinite_backward
@@ -239,7 +279,7 @@ def _rehearse(model: nn.Module, batches: Any, loss_fn: Any, *, train: TrainSetti
                 set_phase("optimizer")
                 if train.clip_max_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, train.clip_max_norm)
-                before = torch._foreach_mul([p.detach() for p in params], 1.0)
+                before = torch._foreach_mul([local(p.detach()) for p in params], 1.0)
                 try:
                     if scaler is not None:
                         scaler.step(opt)
@@ -254,7 +294,7 @@ def _rehearse(model: nn.Module, batches: Any, loss_fn: Any, *, train: TrainSetti
                 if scaler is not None and float(scaler.get_scale()) < scale:
                     traj.skipped_steps.append(step)
                 w_sq = torch.stack([n * n for n in torch._foreach_norm(before)]).to(torch.float32)
-                torch._foreach_sub_(before, [p.detach() for p in params])
+                torch._foreach_sub_(before, [local(p.detach()) for p in params])
                 u_sq = torch.stack([n * n for n in torch._foreach_norm(before)]).to(torch.float32)
                 del before
                 upd_sq.append(torch.stack([u_sq, w_sq]))
@@ -270,10 +310,15 @@ def _rehearse(model: nn.Module, batches: Any, loss_fn: Any, *, train: TrainSetti
     traj.grad_norms = list(series.total_grad_norms)
     traj.layer_grad_norms = dict(series.layer_grad_norms)
     traj.nonfinite_ops = list(run.nonfinite_ops)
-    traj.relu_alive_at_start, traj.relu_last_alive = relus.result()
-    # update ratios, one transfer
+    traj.relu_alive_at_start, traj.relu_last_alive = relus.result(mon if dist is not None else None)
+    if dist is not None:
+        onset = {k: v for k, v in mon.onset_rank.items() if v is not None}
+        traj.nonfinite_rank = onset or None
+    # update ratios, one transfer (under torchrun: one reduction, reduce_record with keys pupd/pweight)
     if upd_sq:
         flat = torch.stack(upd_sq).cpu().tolist()      # (steps, 2, n_params)
+        if dist is not None:
+            flat = _reduce_updates(flat, mon)
         weight_bad_step = None
         for layer in mon.inv.layers:
             if not layer.owned:
@@ -318,8 +363,32 @@ def _changed_optimizer(opt: Any, net: nn.Module, train: TrainSettings, desc: str
     return desc, lr
 
 
+def _reduce_updates(flat: list, mon: Any) -> list:
+    """Under torchrun: the per-parameter sums of squares of every step's update and weight, reduced
+    across ranks by measure.distributed.reduce_record (sharded FSDP2 parameters: the shards' sums added;
+    DDP's replicated parameters: rank 0's), in one record for the whole run."""
+    from gradcheck_cli.measure.distributed import reduce_record
+    from gradcheck_cli.measure.record import StepRecord
+
+    entries, values = [], []
+    for t, (u, w) in enumerate(flat):
+        for key, vals in (("pupd", u), ("pweight", w)):
+            entries.append((("update", t), key, len(values), len(vals), 0))
+            values.extend(vals)
+    rec = reduce_record(StepRecord(entries=entries, values=values), mon.group, grads=mon.grads)
+    out = []
+    for t, (u, _) in enumerate(flat):
+        n = len(u)
+        uu = rec.get(("update", t), "pupd") or []
+        ww = rec.get(("update", t), "pweight") or []
+        assert len(uu) == len(ww) == n
+        out.append((uu, ww))
+    return out
+
+
 def _forward_backward(net: nn.Module, batch: Any, loss_fn: Any, losses: Any, mon: Monitor, dev_type: str,
-                      half: Any, scaler: Any, key: int, seed: int, watch: bool = False) -> torch.Tensor:
+                      half: Any, scaler: Any, key: int, seed: int, watch: bool = False,
+                      weight: float = 1.0) -> torch.Tensor:
     from contextlib import nullcontext
 
     set_phase("train-forward")
@@ -329,6 +398,8 @@ def _forward_backward(net: nn.Module, batch: Any, loss_fn: Any, losses: Any, mon
                 output = net(*batch.args, **batch.kwargs)
             set_phase("train-loss")
             loss, _, _ = losses.compute(loss_fn, output, batch, key, seed)
+            if weight != 1.0:   # a rank's unequal slice: the mean of the ranks' losses is the global mean
+                loss = loss * weight
     except (InputError, UserCodeError):
         raise
     except Exception as exc:
@@ -342,14 +413,15 @@ def _forward_backward(net: nn.Module, batch: Any, loss_fn: Any, losses: Any, mon
 
 
 def _diagnose(net: nn.Module, batch: Any, loss_fn: Any, losses: Any, mon: Monitor, opt: Any, dev_type: str,
-              half: Any, scaler: Any, key: int, seed: int, step: int, cuda: list[int]) -> None:
+              half: Any, scaler: Any, key: int, seed: int, step: int, cuda: list[int], weight: float = 1.0) -> None:
     """Re-run the step (same batch and seed, weights not yet updated) checking every layer and op."""
     model_state.seed(seed * 1_000_003 + 7 + step, cuda)
     mon.hooks.diagnose = True
     try:
         mon.begin_step()
         opt.zero_grad(set_to_none=True)
-        loss = _forward_backward(net, batch, loss_fn, losses, mon, dev_type, half, None, key, seed, watch=True)
+        loss = _forward_backward(net, batch, loss_fn, losses, mon, dev_type, half, None, key, seed, watch=True,
+                                 weight=weight)
         mon.step(loss)
     finally:
         mon.hooks.diagnose = False

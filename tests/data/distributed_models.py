@@ -117,3 +117,60 @@ fsdp_Blocks = _sharded(Blocks)
 fsdp_gpt2 = _sharded(gpt2)
 fsdp_SqrtNaN = _sharded(SqrtNaN)
 fsdp_DeadHalf = _sharded(DeadHalf)
+
+
+# The training rehearsal (--train-steps) under torchrun: a ReLU MLP (He init) that learns its synthetic
+# batches with SGD + momentum at lr 0.05, and the same with lr 1.0 (the loss diverges within a few steps).
+def train_mlp() -> nn.Module:
+    torch.manual_seed(11)
+    layers = []
+    for a, b in ((16, 64), (64, 64), (64, 4)):
+        lin = nn.Linear(a, b)
+        nn.init.kaiming_normal_(lin.weight, nonlinearity="relu")
+        nn.init.zeros_(lin.bias)
+        layers += [lin, nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+fsdp_train_mlp = _sharded(train_mlp)
+
+
+def partial_sgd(model: nn.Module) -> torch.optim.Optimizer:
+    """An optimizer built over the wrong parameters: the last layer is left out."""
+    return torch.optim.SGD([p for n, p in model.named_parameters() if not n.startswith("4.")], lr=0.05)
+
+
+class LateNaN(nn.Module):
+    """NaN from sqrt of a negative input from its 5th forward call on (the check makes 2, so the third
+    training step): only rows 4-7 of nan_batch (rank 1's half) are negative."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(16, 8)
+        self.head = nn.Linear(8, 4)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        h = self.lin(x)
+        if self.calls >= 5:
+            h = h * torch.sqrt(x[:, :1])
+        return self.head(h)
+
+
+class RaisesInRehearsalOnRank1(nn.Module):
+    """Rank 1 raises at its 4th forward call: in the training rehearsal (the check makes 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(16, 4)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls >= 4 and os.environ.get("RANK") == "1":
+            raise RuntimeError("boom in the rehearsal on rank 1")
+        return self.lin(x)
+
+
+fsdp_LateNaN = _sharded(LateNaN)
