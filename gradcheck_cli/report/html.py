@@ -403,7 +403,7 @@ def _before_after_chart(layers: list[dict[str, Any]], after: dict[str, Any]) -> 
         return ""
     lo, hi = math.floor(math.log10(min(vals))), math.ceil(math.log10(max(vals)))
     hi = hi if hi > lo else lo + 1
-    w, h, left, top, bottom = 360, 120, 44, 8, 18
+    w, h, left, top, bottom = 360, 134, 44, 8, 32   # the bottom strip: first/last layer, then the legend
 
     def xy(i: int, v: float) -> str:
         x = left + (w - left - 8) * i / (len(names) - 1)
@@ -419,10 +419,14 @@ def _before_after_chart(layers: list[dict[str, Any]], after: dict[str, Any]) -> 
         pts = [xy(i, v) for i, v in enumerate(s) if isinstance(v, (int, float)) and v > 0 and math.isfinite(v)]
         if len(pts) > 1:
             parts.append(f'<polyline class="{key}" points="{" ".join(pts)}" fill="none"/>')
-    parts.append(f'<text x="{left}" y="{h - 4}">{_e(_name(names[0]))}</text>'
-                 f'<text x="{w - 8}" y="{h - 4}" text-anchor="end">{_e(_name(names[-1]))}</text>')
-    parts.append('<text class="before" x="{0}" y="{1}">before</text><text class="after" x="{0}" y="{2}">after'
-                 '</text>'.format(w - 60, top + 10, top + 22))
+    parts.append(f'<text x="{left}" y="{h - 18}">{_e(_name(names[0]))}</text>'
+                 f'<text x="{w - 8}" y="{h - 18}" text-anchor="end">{_e(_name(names[-1]))}</text>')
+    # The legend under the plot (the lines' ends meet at the last layer, where labels would collide).
+    y = h - 4
+    parts.append(f'<polyline class="before" points="{left},{y - 3} {left + 18},{y - 3}" fill="none"/>'
+                 f'<text class="before" x="{left + 22}" y="{y}">before (as given)</text>'
+                 f'<polyline class="after" points="{left + 130},{y - 3} {left + 148},{y - 3}" fill="none"/>'
+                 f'<text class="after" x="{left + 152}" y="{y}">after (the changed copy)</text>')
     parts.append("</svg>")
     return f'<div class="chart-box">{"".join(parts)}</div>'
 
