@@ -22,6 +22,7 @@ from typing import Any, Callable
 from gradcheck_cli import fixes as X
 from gradcheck_cli.errors import GradcheckError
 from gradcheck_cli.findings import Finding, Report, Severity
+from gradcheck_cli.rules.trajectory import finite_prefix
 from gradcheck_cli.stats import RunStats
 
 MODES = ("off", "failing", "all")
@@ -71,15 +72,6 @@ def key_metric(f: Finding) -> tuple[str, float] | None:
     return None
 
 
-def _finite(values: list[float]) -> list[float]:
-    out = []
-    for v in values:
-        if not math.isfinite(v):
-            break
-        out.append(v)
-    return out
-
-
 def key_after(name: str, f: Finding, stats: RunStats) -> float | None:
     """The same number measured on the changed model when the finding is gone (the rule did not report
     it, so it is computed from the statistics the rule reads)."""
@@ -123,7 +115,7 @@ def key_after(name: str, f: Finding, stats: RunStats) -> float | None:
     if t is None:
         return None
     if name == "rise":
-        losses = _finite(t.losses)
+        losses = finite_prefix(t.losses)
         if len(losses) < len(t.losses):
             return math.inf
         return max(losses) / losses[0] if losses and losses[0] > 0 else None
@@ -140,7 +132,7 @@ def key_after(name: str, f: Finding, stats: RunStats) -> float | None:
     if name == "params_not_in_optimizer":
         return float(len(t.params_not_in_optimizer))
     if name == "amplitude_growth":   # the growth of the loss's swings, late over early (1: no growth)
-        losses = _finite(t.losses)
+        losses = finite_prefix(t.losses)
         d = [b - a for a, b in zip(losses, losses[1:])]
         if len(d) < 4:
             return None

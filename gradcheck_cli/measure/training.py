@@ -283,7 +283,7 @@ def _train(net: nn.Module, runner: Any, batches: Any, loss_fn: Any, losses: Any,
                 # The weights before the step, into one buffer kept for the whole run (a fresh copy per step
                 # made the allocator map and fault in the model's size every step).
                 current = [local(p.detach()) for p in params]
-                if before is None or any(b.shape != c.shape or b.dtype != c.dtype for b, c in zip(before, current)):
+                if before is None:
                     before = [torch.empty_like(c) for c in current]
                 torch._foreach_copy_(before, current)
                 try:
