@@ -289,7 +289,7 @@ def make_report(stats: RunStats, findings: list[Finding], *, spec: str, model_cl
                 settings: dict[str, Any], fail_on: FailOn, timings: dict[str, float],
                 notes: list[str] | None = None) -> Report:
     """The finished report: everything a renderer needs, as plain data."""
-    run = {k: v for k, v in stats.to_dict().items() if k != "layers"}
+    run = stats.to_dict(layers=False)
     return Report(
         tool_version=__version__,
         model={"spec": spec, "class": model_class, "parameters": stats.parameters,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 # Activation families, as recorded in LayerStats.activation.
@@ -81,7 +81,7 @@ class LayerStats:
         return None if off is None else off / self.units
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = _fields_dict(self)
         d["dead_fraction"] = self.dead_fraction
         d["off_fraction"] = self.off_fraction
         return d
@@ -141,12 +141,12 @@ class RunStats:
                 return layer
         return None
 
-    def to_dict(self, series: bool = False) -> dict[str, Any]:
-        d = asdict(self)
-        d["layers"] = [layer.to_dict() for layer in self.layers]
-        if not series:
-            d.pop("series", None)
-        d.pop("training", None)   # reported in its own section (Report.training)
+    def to_dict(self, series: bool = False, layers: bool = True) -> dict[str, Any]:
+        """Plain data (JSON-ready). layers=False leaves the per-layer list out (the report keeps it apart)."""
+        d = {"layers": [layer.to_dict() for layer in self.layers]} if layers else {}
+        d.update(_fields_dict(self, skip=("layers", "series", "training")))   # training: in its own section
+        if series:
+            d["series"] = asdict(self.series) if self.series is not None else None
         return d
 
     @classmethod
@@ -211,3 +211,20 @@ class Trajectory:
                     best = (v, layer)
             out.append(best)
         return out
+
+
+def _fields_dict(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A dataclass's fields as a dict, lists and dicts copied one level deep (what dataclasses.asdict gives for
+    these plain-data classes, whose values are numbers, strings, lists of numbers and flat dicts), without
+    asdict's recursive deepcopy of every value: it cost ~0.15 s per report for a 200-layer model."""
+    d: dict[str, Any] = {}
+    for f in fields(obj):
+        if f.name in skip:
+            continue
+        v = getattr(obj, f.name)
+        if type(v) is list:
+            v = [dict(x) if type(x) is dict else x for x in v]
+        elif type(v) is dict:
+            v = {k: list(x) if type(x) is list else x for k, x in v.items()}
+        d[f.name] = v
+    return d
