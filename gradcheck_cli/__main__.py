@@ -1,4 +1,4 @@
-from gradcheck_cli.cli import main
+from gradcheck_cli.startup import main
 
 if __name__ == "__main__":
     main()

@@ -52,7 +52,8 @@ def run_check(s: Settings, on_hard_stop: Any = None, progress: Any = None, verif
     set_phase("load")
     import torch  # noqa: F401
 
-    from gradcheck_cli import batches, loading, losses, measure, sources  # noqa: F401
+    from gradcheck_cli import batches, loading, losses, measure, sources, startup  # noqa: F401
+    startup.resume()   # the command's imports are done: the collector runs again for the user's code
     try:
         with Deadline(s.timeout, on_hard_stop):
             return _run_check(s, progress, verify_progress)
