@@ -20,7 +20,9 @@ Whole processes: `gradcheck check benchmarks/process_models.py:NAME --steps 20` 
 `python benchmarks/process_models.py NAME --steps 20` (import torch, build, the same 20 passes), each
 run a fresh process, the two alternated round by round; wall time and peak resident set (the child's
 rusage) per run; the table gives the median ratio and its range over rounds, and `gradcheck --help`'s
-start-up time.
+start-up time. A third variant runs the plain script started the way the gradcheck command starts (the
+cyclic GC paused while torch is imported, then those objects frozen: gradcheck_cli/startup.py), so the
+table also shows what the measuring itself costs once that start-up saving is taken out.
 Ratios, not absolute times, are the result: machines differ and this one is noisy.
 """
 from __future__ import annotations
@@ -273,6 +275,9 @@ PROCESS_MODELS = [("resnet", "small ResNet (3 stages, BatchNorm), 32x3x32x32"),
                   ("mlp100", "MLP, 100 Linear+ReLU layers, width 256, batch 64"),
                   ("lstm2", "2-layer LSTM, 32x64 tokens")]
 PROCESS_STEPS = 20
+STARTUP_LIKE_GRADCHECK = ("import gc; gc.disable(); import torch; gc.freeze(); gc.enable(); import runpy, sys; "
+                          "sys.argv = ['process_models.py', '{name}', '--steps', '{steps}']; "
+                          "runpy.run_path('benchmarks/process_models.py', run_name='__main__')")
 
 
 def _run_child(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int]:
@@ -305,16 +310,20 @@ def processes(rounds: int, threads: int | None) -> Iterator[dict]:
         shape = ",".join(str(d) for d in SHAPES[name])
         cmds = {
             "plain": [sys.executable, "benchmarks/process_models.py", name, "--steps", str(PROCESS_STEPS)],
+            # The same script started the way the gradcheck command starts (gradcheck_cli/startup.py: the
+            # cyclic GC paused while torch is imported, then those objects frozen): what is left of the
+            # ratio against it is the measuring itself.
+            "plain_startup": [sys.executable, "-c", STARTUP_LIKE_GRADCHECK.format(name=name, steps=PROCESS_STEPS)],
             "gradcheck": [sys.executable, "-m", "gradcheck_cli", "check", f"benchmarks/process_models.py:{name}",
                           "--steps", str(PROCESS_STEPS), "--input-shape", shape, "--device", "cpu"],
         }
         for cmd in cmds.values():   # warm the file cache
             _run_child(cmd, env)
-        t: dict[str, list[float]] = {"plain": [], "gradcheck": []}
-        cpu: dict[str, list[float]] = {"plain": [], "gradcheck": []}
-        mem: dict[str, list[int]] = {"plain": [], "gradcheck": []}
+        t: dict[str, list[float]] = {k: [] for k in cmds}
+        cpu: dict[str, list[float]] = {k: [] for k in cmds}
+        mem: dict[str, list[int]] = {k: [] for k in cmds}
         for r in range(rounds):
-            for k in (("plain", "gradcheck") if r % 2 == 0 else ("gradcheck", "plain")):
+            for k in (list(cmds) if r % 2 == 0 else list(cmds)[::-1]):
                 wall, cpu_s, rss = _run_child(cmds[k], env)
                 print(f"  ({name} {k}: {wall:.2f} s wall, {cpu_s:.2f} s CPU, {rss / 2**20:.0f} MiB)", file=sys.stderr,
                       flush=True)
@@ -323,12 +332,16 @@ def processes(rounds: int, threads: int | None) -> Iterator[dict]:
                 mem[k].append(rss)
         ratios = [g / p for g, p in zip(t["gradcheck"], t["plain"])]
         cpu_ratios = [g / p for g, p in zip(cpu["gradcheck"], cpu["plain"])]
+        same = [g / p for g, p in zip(t["gradcheck"], t["plain_startup"])]
+        same_cpu = [g / p for g, p in zip(cpu["gradcheck"], cpu["plain_startup"])]
         yield ({"model": desc, "plain_s": statistics.median(t["plain"]),
                      "gradcheck_s": statistics.median(t["gradcheck"]), "ratio": statistics.median(ratios),
                      "ratio_min": min(ratios), "ratio_max": max(ratios),
                      "plain_cpu_s": statistics.median(cpu["plain"]), "cpu_ratio": statistics.median(cpu_ratios),
                      "cpu_ratio_min": min(cpu_ratios), "cpu_ratio_max": max(cpu_ratios),
-                     "memory_ratio": statistics.median(mem["gradcheck"]) / statistics.median(mem["plain"])})
+                     "memory_ratio": statistics.median(mem["gradcheck"]) / statistics.median(mem["plain"]),
+                     "same_ratio": statistics.median(same), "same_ratio_min": min(same), "same_ratio_max": max(same),
+                     "same_cpu_ratio": statistics.median(same_cpu)})
 
 
 def help_time(runs: int = 9) -> tuple[float, float, bool]:
@@ -366,18 +379,23 @@ def print_processes(rounds: int, threads: int | None) -> list[dict]:
     print(f"\nWhole processes (import, build, {PROCESS_STEPS} steps): `gradcheck check` vs a plain script doing "
           f"the same passes; {rounds} rounds, runs alternated; OMP_NUM_THREADS={threads or 'unset'}")
     print("| model | plain wall s | wall gradcheck / plain (range) | plain CPU s | CPU gradcheck / plain (range) "
-          "| peak RSS gradcheck / plain |")
-    print("|---|---|---|---|---|---|")
+          "| peak RSS gradcheck / plain | wall gradcheck / plain with gradcheck's start-up (range) | CPU, same |")
+    print("|---|---|---|---|---|---|---|---|")
     rows = []
     for r in processes(rounds, threads):
         rows.append(r)
         print(f"| {r['model']} | {r['plain_s']:.2f} | {r['ratio']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | "
               f"{r['plain_cpu_s']:.2f} | {r['cpu_ratio']:.2f} ({r['cpu_ratio_min']:.2f}-{r['cpu_ratio_max']:.2f}) | "
-              f"{r['memory_ratio']:.2f} |", flush=True)
+              f"{r['memory_ratio']:.2f} | {r['same_ratio']:.2f} ({r['same_ratio_min']:.2f}-{r['same_ratio_max']:.2f}) | "
+              f"{r['same_cpu_ratio']:.2f} |", flush=True)
     for what, key in (("wall", "ratio"), ("CPU", "cpu_ratio")):
         ratios = [r[key] for r in rows]
         print(f"{what} time gradcheck/plain: median over models {statistics.median(ratios):.2f} (target <= 1.10), "
               f"worst {max(ratios):.2f} (target <= 1.25)")
+    for what, key in (("wall", "same_ratio"), ("CPU", "same_cpu_ratio")):
+        ratios = [r[key] for r in rows]
+        print(f"{what} time gradcheck / plain started like gradcheck (the measuring alone): median over models "
+              f"{statistics.median(ratios):.2f}, worst {max(ratios):.2f}")
     print(f"peak RSS gradcheck/plain: worst {max(r['memory_ratio'] for r in rows):.2f} (target <= 1.2)")
     print_help_time()
     return rows

@@ -202,18 +202,19 @@ class Accumulator:
             dev = vectors[0].device
             flat = torch.cat([v.to(dev, torch.float64) for v in vectors]).cpu().tolist()
         pos = 0
-        maxima: dict[int, list[float]] = {}
+        maxima: dict[int, tuple[Layer, list[float]]] = {}
+        moments: dict[int, list[float]] = {}
         for layer, what, n in owners:
             vals = flat[pos:pos + n]
             pos += n
-            st = layer.stats
             if what == "alive":
-                maxima[layer.slot] = vals
-                set_relu_units(st, vals, None)
+                maxima[layer.slot] = (layer, vals)
             elif what == "moments":
-                set_relu_units(st, maxima[layer.slot], vals)
+                moments[layer.slot] = vals
             else:
-                set_time_profile(st, [math.sqrt(max(v, 0.0)) for v in vals])
+                set_time_profile(layer.stats, [math.sqrt(max(v, 0.0)) for v in vals])
+        for slot, (layer, vals) in maxima.items():
+            set_relu_units(layer.stats, vals, moments.get(slot))
 
         # Depth order: first forward call; modules never called are placed after the module registered
         # just before them (e.g. nn.MultiheadAttention.out_proj, whose weights are used by its parent).
@@ -321,8 +322,7 @@ def set_relu_units(st: S.LayerStats, maxima: list[float], moments: list[float] |
     st.coherence = between / total if total > 0 else None
     scale = math.sqrt(total)
     if scale > 0:
-        margins = sorted(m / scale for m in maxima if math.isfinite(m))
-        st.unit_margin_min = margins[0] if margins else None
+        st.unit_margin_min = min((m / scale for m in maxima if math.isfinite(m)), default=None)
         off_m = sorted(m / scale for m in off)
         if off_m:
             st.off_margin_median = off_m[len(off_m) // 2]

@@ -148,16 +148,23 @@ def _dead_units(stats: RunStats, layer: Any, opts: dict[str, Any]) -> int | None
     inputs, or off whatever the input); in a layer with fewer than `collapse_depth` weight layers before it
     every off unit, since correlation collapse needs depth (a shallow layer whose examples look alike is
     dominated by something common to them all: a large bias or weights blown up by a large step)."""
-    if layer.off_units is None or layer.dead_units is None:
+    if layer.off_units is None or layer.dead_units is None or layer.off_units == layer.dead_units:
         return layer.dead_units
-    if _depth(stats, layer) < opts["collapse_depth"]:
+    if _shallower_than(stats, layer, opts["collapse_depth"]):
         return layer.off_units
     return layer.dead_units
 
 
-def _depth(stats: RunStats, layer: Any) -> int:
-    return sum(1 for l in stats.layers if l.index < layer.index and l.role == S.PARAM
-               and any(t in l.type for t in WEIGHT_TYPES))
+def _shallower_than(stats: RunStats, layer: Any, depth: int) -> bool:
+    """Whether fewer than `depth` weight layers come before `layer` (it stops counting at `depth`: asked for
+    every ReLU layer, a full count made the rule quadratic in depth)."""
+    n = 0
+    for l in stats.layers:
+        if l.index < layer.index and l.role == S.PARAM and any(t in l.type for t in WEIGHT_TYPES):
+            n += 1
+            if n >= depth:
+                return False
+    return True
 
 
 def _margin_evidence(evidence: dict[str, Any], layers: list) -> None:
