@@ -105,6 +105,9 @@ def main() -> None:
     from gradcheck_cli import distributed, losses
     from gradcheck_cli.batches import SyntheticBatches
     from gradcheck_cli.config import Settings
+    from gradcheck_cli.distributed import strategy
+    from gradcheck_cli.distributed.driver import Driver
+    from gradcheck_cli.distributed.rank_batches import RankBatches
     from gradcheck_cli.pipeline import check_loaded
 
     hidden, inter, layers, heads, kv, vocab = PRESETS[args.preset]
@@ -132,11 +135,11 @@ def main() -> None:
             fully_shard(model, mesh=mesh)
             ctx.strategy = "fsdp"
             return model
-        distributed.shard = blocks_and_root
+        strategy.shard = blocks_and_root   # what prepare_model calls for --fsdp
     if ctx is not None:
-        model = distributed.prepare_model(model, ctx, device)
-        source = distributed.RankBatches(source, ctx)
-        driver = distributed.Driver(ctx, source)
+        model = strategy.prepare_model(model, ctx, device)
+        source = RankBatches(source, ctx)
+        driver = Driver(ctx, source)
     gc.collect()
     rss_model = status("VmRSS")
     reset_peak()

@@ -14,6 +14,9 @@ import torch.nn as nn  # noqa: E402
 
 from gradcheck_cli import distributed, losses  # noqa: E402
 from gradcheck_cli.batches import make_batch_source  # noqa: E402
+from gradcheck_cli.distributed.driver import Driver  # noqa: E402
+from gradcheck_cli.distributed.rank_batches import RankBatches  # noqa: E402
+from gradcheck_cli.distributed.strategy import prepare_model  # noqa: E402
 from gradcheck_cli.measure.distributed import local  # noqa: E402
 from gradcheck_cli.measure.training import TrainSettings, rehearse  # noqa: E402
 
@@ -43,8 +46,8 @@ def _rehearse(model: nn.Module, driver=None):
 def _driver(model: nn.Module, fsdp: bool):
     ctx = distributed.Context(rank=0, world_size=1, local_rank=0, backend="gloo", fsdp=fsdp, owns_group=False)
     src = make_batch_source(None, (8, 16), model, 0)
-    model = distributed.prepare_model(model, ctx, CPU)
-    return model, distributed.Driver(ctx, distributed.RankBatches(src, ctx))
+    model = prepare_model(model, ctx, CPU)
+    return model, Driver(ctx, RankBatches(src, ctx))
 
 
 def _same(a, b) -> None:

@@ -102,7 +102,7 @@ def test_synthetic_batches_are_learnable():
 
 
 def test_optimizer_factories(tiny):
-    from gradcheck_cli.measure.training import build_optimizer
+    from gradcheck_cli.measure.optim import build_optimizer
 
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
     opt, sched, desc, lr = build_optimizer(f"{tiny}:sgd", None, model)
