@@ -8,8 +8,8 @@ A `Fix` is a `str` (every renderer, the JSON and the baselines keep reading fixe
 - `reason`: why gradcheck cannot make the change (a code change: residual connections, an LSTM, input
   normalisation), reported as `"change": null` with this reason.
 
-Step kinds (module and parameter names are the model's qualified names; `gradcheck_cli/verify.py` applies
-them with torch):
+Step kinds (module and parameter names are the model's qualified names; `gradcheck_cli/verify_apply.py`
+applies them with torch):
   swap-activation   modules -> to ("relu" | "leaky-relu" | "sigmoid"), negative_slope
   remove-module     modules replaced by nn.Identity (a ReLU after the output layer)
   init              modules: weights re-initialised with scheme ("kaiming-normal" | "xavier-normal" |

@@ -16,7 +16,7 @@ import torch.nn as nn  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from gradcheck_cli import fixes as X  # noqa: E402
-from gradcheck_cli import verify  # noqa: E402
+from gradcheck_cli import verify, verify_apply, verify_compare  # noqa: E402
 from gradcheck_cli.cli import app  # noqa: E402
 from gradcheck_cli.findings import Finding, Severity  # noqa: E402
 from gradcheck_cli.stats import LayerStats, RunStats  # noqa: E402
@@ -39,7 +39,7 @@ def _mlp(act=nn.Sigmoid, n=4):
 def test_swap_remove_and_inits_change_exactly_the_named_modules():
     m = _mlp()
     keep = m[6].weight.detach().clone()
-    verify.apply_steps(m, (X.swap(["1", "3"], "relu"), X.swap(["5"], "leaky-relu", 0.02), X.remove(["7"]),
+    verify_apply.apply_steps(m, (X.swap(["1", "3"], "relu"), X.swap(["5"], "leaky-relu", 0.02), X.remove(["7"]),
                            X.init(["0"], "kaiming-normal", nonlinearity="relu"), X.bias(["2"], -0.5)), seed=0)
     assert [type(m[i]).__name__ for i in (1, 3, 5, 7)] == ["ReLU", "ReLU", "LeakyReLU", "Identity"]
     assert m[5].negative_slope == 0.02
@@ -47,7 +47,7 @@ def test_swap_remove_and_inits_change_exactly_the_named_modules():
     assert torch.all(m[0].bias == 0)                            # zero_bias
     assert torch.all(m[2].bias == -0.5)
     big = nn.Linear(4096, 256)
-    verify.apply_steps(big, (X.init([""], "kaiming-normal", nonlinearity="relu"),), seed=0)
+    verify_apply.apply_steps(big, (X.init([""], "kaiming-normal", nonlinearity="relu"),), seed=0)
     assert abs(big.weight.std().item() / (2 / 4096) ** 0.5 - 1) < 0.05   # He std
 
 
@@ -64,7 +64,7 @@ def test_recurrent_norm_and_scale_steps():
     n = Net()
     nn.init.normal_(n.bn.weight, std=0.02)
     w = n.head.weight.detach().clone()
-    verify.apply_steps(n, (X.orthogonal(["rnn.weight_hh_l0"], 1.0), X.forget_bias(["lstm"], 1.0),
+    verify_apply.apply_steps(n, (X.orthogonal(["rnn.weight_hh_l0"], 1.0), X.forget_bias(["lstm"], 1.0),
                            X.norm_eps(["norm"], 1e-5), X.norm_scale(["bn"], 1.0), X.scale_weight(["head"], 0.1)),
                        seed=0)
     s = torch.linalg.svdvals(n.rnn.weight_hh_l0.detach())
@@ -88,8 +88,8 @@ def test_steps_that_do_not_fit_the_model_are_refused(steps, message):
             self.add_module("0", nn.Linear(2, 2))
             self.gate = nn.Sigmoid()
 
-    with pytest.raises(verify.NotApplicable, match=message):
-        verify.apply_steps(Gated(), steps, seed=0)
+    with pytest.raises(verify_apply.NotApplicable, match=message):
+        verify_apply.apply_steps(Gated(), steps, seed=0)
 
 
 def test_a_fix_is_a_string_that_keeps_its_steps_through_copy_and_pickle():
@@ -114,15 +114,15 @@ def test_compare_resolved_before_after_and_new_findings():
     after_stats = _stats([0.5, 0.7, 0.9, 1.0])
     new = Finding("initial-loss", "GC107", Severity.WARNING, "3", "m", {"ratio": 3.0})
     info = Finding("vanishing-gradients", "GC101", Severity.INFO, "0", "m", {"early_late_ratio": 0.5})
-    res = verify.compare(before, [before, other], [new, info], after_stats)
+    res = verify_compare.compare(before, [before, other], [new, info], after_stats)
     assert res["resolved"] is True                       # an info leftover is resolved
     assert res["before"] == 1e-7 and res["after"] == 0.5  # the leftover's own number
     assert res["new_findings"] == ["initial-loss"]
     still = Finding("vanishing-gradients", "GC101", Severity.WARNING, "0", "m", {"early_late_ratio": 1e-4})
-    res = verify.compare(before, [before], [still, other], after_stats)
+    res = verify_compare.compare(before, [before], [still, other], after_stats)
     assert res["resolved"] is False and res["after"] == 1e-4 and res["severity_after"] == "warning"
     assert res["new_findings"] == ["saturated-activations"]
-    gone = verify.compare(before, [before], [], after_stats)   # gone: the number is measured from the stats
+    gone = verify_compare.compare(before, [before], [], after_stats)   # gone: the number is measured from the stats
     assert gone["resolved"] and gone["after"] == pytest.approx(0.5 / 1.0)
 
 
@@ -137,13 +137,13 @@ def test_verification_changes_a_copy_never_the_users_model(monkeypatch):
     types = [type(x) for x in model.modules()]
     state = {k: v.clone() for k, v in model.state_dict().items()}
     changed = []
-    real = verify.apply_steps
+    real = verify_apply.apply_steps
 
     def spy(net, steps, seed):
         changed.append(net)
         return real(net, steps, seed)
 
-    monkeypatch.setattr(verify, "apply_steps", spy)
+    monkeypatch.setattr(verify, "apply_steps", spy)   # the name verify.run_changed calls
     s = Settings(model="hand-built", verify_fixes="failing", input_shape=(8, 8))
     report = check_loaded(model, SyntheticBatches((8, 8), 0, torch.float32), resolve(None), s, torch.device("cpu"),
                           0.0)
