@@ -2,16 +2,20 @@
 
 Errors name the file, the key and the allowed values, e.g.
     gradcheck.yaml: key 'rules.dead-relus.fraction': expected a number (got 'high')
+Here: the Settings, the keys a file and a `models:` entry may set, per-rule settings, ignores, and the
+precedence; config_values.py checks each value, config_yaml.py reads the YAML.
 """
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gradcheck_cli.choices import DEVICES, FAIL_ON, FORMATS
+from gradcheck_cli import config_values as V
+from gradcheck_cli.choices import DEVICES, FAIL_ON, FORMATS, PRECISIONS
+from gradcheck_cli.config_values import ConfigError
+from gradcheck_cli.config_yaml import parse_yaml
 from gradcheck_cli.errors import InputError
 from gradcheck_cli.findings import FailOn, Severity
 
@@ -63,125 +67,24 @@ class Settings:
     cli_given: set[str] = field(default_factory=set)   # settings given as flags (they win over the config)
 
 
-class ConfigError(InputError):
-    def __init__(self, path: str, key: str, problem: str, hint: str | None = None):
-        from gradcheck_cli.report.escape import terminal
-
-        key = terminal(key)
-        key = key if len(key) <= 80 else key[:79] + "…"
-        super().__init__(f"{path}: key '{key}': {problem}", hint=hint)
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    """repr() of a configured value for an error message, bounded (a value can be huge) and one line."""
-    import reprlib
-
-    from gradcheck_cli.report.escape import terminal
-
-    r = reprlib.Repr()
-    r.maxstring = r.maxother = limit
-    r.maxlist = r.maxdict = r.maxtuple = r.maxset = 4
-    r.maxlevel = 3
-    try:
-        text = terminal(r.repr(value))
-    except Exception:   # pragma: no cover - repr of a plain YAML value does not fail
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def _suggest(key: str, allowed: list[str]) -> str | None:
-    close = difflib.get_close_matches(key, allowed, n=1)
-    return f"did you mean '{close[0]}'? allowed: {', '.join(allowed)}" if close else f"allowed: {', '.join(allowed)}"
-
-
-def _int(path: str, key: str, v: Any, minimum: int | None = None, maximum: int | None = None) -> int:
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise ConfigError(path, key, f"expected an integer (got {_show(v)})")
-    if minimum is not None and v < minimum:
-        raise ConfigError(path, key, f"must be at least {minimum} (got {_show(v)})")
-    if maximum is not None and v > maximum:
-        raise ConfigError(path, key, f"must be between {minimum if minimum is not None else '-'} and {maximum:,} "
-                                     f"(got {_show(v)})")
-    return v
-
-
-def _positive(path: str, key: str, v: Any) -> float:
-    import math
-
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ConfigError(path, key, f"expected a number of seconds (got {_show(v)})")
-    if not math.isfinite(v) or v <= 0 or v > MAX_TIMEOUT_S:
-        raise ConfigError(path, key, f"must be a number of seconds greater than 0 and at most {MAX_TIMEOUT_S:g} "
-                                     f"(got {_show(v)})")
-    return float(v)
-
-
-def _choice(path: str, key: str, v: Any, allowed: tuple[str, ...]) -> str:
-    if not isinstance(v, str) or v not in allowed:
-        raise ConfigError(path, key, f"expected one of {', '.join(allowed)} (got {_show(v)})")
-    return v
-
-
-VERIFY_MODES = ("off", "failing", "all")
-
-
-def _verify(path: str, key: str, v: Any) -> str:
-    """verify_fixes: true (the failing findings), false, or one of off | failing | all."""
-    if isinstance(v, bool):
-        return "failing" if v else "off"
-    if isinstance(v, str) and v in VERIFY_MODES:
-        return v
-    raise ConfigError(path, key, f"expected true, false or one of {', '.join(VERIFY_MODES)} (got {_show(v)})")
-
-
-def _str(path: str, key: str, v: Any) -> str:
-    if not isinstance(v, str) or not v:
-        raise ConfigError(path, key, f"expected a non-empty string (got {_show(v)})")
-    return v
-
-
-def _shape(path: str, key: str, v: Any) -> tuple[int, ...]:
-    from gradcheck_cli.batches_shape import parse_shape
-
-    from gradcheck_cli.batches_shape import check_size
-
-    if isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v) and v:
-        try:
-            return check_size(tuple(v), _show(v))
-        except InputError as exc:
-            raise ConfigError(path, key, exc.message.split(": ", 1)[-1]) from None
-    if isinstance(v, str):
-        try:
-            return parse_shape(v)
-        except InputError as exc:
-            if "values" in exc.message:   # parsed, but too large
-                raise ConfigError(path, key, exc.message.split(": ", 1)[-1]) from None
-    raise ConfigError(path, key, f"expected a list of positive integers or '8,3,32,32' (got {_show(v)})")
-
-
-# Valid ranges, shared with the command-line options.
-MAX_STEPS = 10_000
-MAX_SEED = 2**32 - 1        # seeds are combined with step numbers into torch.manual_seed's 64 bits
-MAX_TIMEOUT_S = 1_000_000.0
-
 TOP_KEYS: dict[str, Any] = {
-    "steps": lambda p, k, v: _int(p, k, v, 1, MAX_STEPS),
-    "seed": lambda p, k, v: _int(p, k, v, 0, MAX_SEED),
-    "fail_on": lambda p, k, v: FailOn(_choice(p, k, v, FAIL_ON)),
-    "input_shape": _shape,
-    "batch": _str,
-    "loss": _str,
-    "device": lambda p, k, v: _choice(p, k, v, DEVICES),
-    "format": lambda p, k, v: _choice(p, k, v, FORMATS),
-    "output": lambda p, k, v: _outputs(p, k, v),
-    "baseline": _str,
-    "max_rows": lambda p, k, v: _int(p, k, v, 0),
-    "timeout": lambda p, k, v: _positive(p, k, v),
-    "train_steps": lambda p, k, v: _int(p, k, v, 0),
-    "optimizer": lambda p, k, v: _optimizer(p, k, v),
-    "lr": lambda p, k, v: _lr(p, k, v),
-    "precision": lambda p, k, v: _choice(p, k, v, PRECISIONS),
-    "verify_fixes": lambda p, k, v: _verify(p, k, v),
+    "steps": lambda p, k, v: V.integer(p, k, v, 1, V.MAX_STEPS),
+    "seed": lambda p, k, v: V.integer(p, k, v, 0, V.MAX_SEED),
+    "fail_on": lambda p, k, v: FailOn(V.choice(p, k, v, FAIL_ON)),
+    "input_shape": V.shape,
+    "batch": V.string,
+    "loss": V.string,
+    "device": lambda p, k, v: V.choice(p, k, v, DEVICES),
+    "format": lambda p, k, v: V.choice(p, k, v, FORMATS),
+    "output": lambda p, k, v: V.outputs(p, k, v),
+    "baseline": V.string,
+    "max_rows": lambda p, k, v: V.integer(p, k, v, 0),
+    "timeout": lambda p, k, v: V.seconds(p, k, v),
+    "train_steps": lambda p, k, v: V.integer(p, k, v, 0),
+    "optimizer": lambda p, k, v: V.optimizer(p, k, v),
+    "lr": lambda p, k, v: V.learning_rate(p, k, v),
+    "precision": lambda p, k, v: V.choice(p, k, v, PRECISIONS),
+    "verify_fixes": lambda p, k, v: V.verify_mode(p, k, v),
     "rules": None,   # validated below
     "ignore": None,
     "models": None,
@@ -189,27 +92,6 @@ TOP_KEYS: dict[str, Any] = {
 # What one entry of `models:` may set; the rest (format, output, fail_on, ...) is for the whole run.
 MODEL_KEYS = ("model", "batch", "loss", "input_shape", "steps", "seed", "device", "timeout", "rules", "ignore",
               "train_steps", "optimizer", "lr", "precision", "verify_fixes")
-from gradcheck_cli.choices import PRECISIONS  # noqa: E402  (the one list)
-OPTIMIZERS = ("sgd", "adam", "adamw")
-
-
-def _optimizer(path: str, key: str, v: Any) -> str:
-    if isinstance(v, str) and (v in OPTIMIZERS or (":" in v and v.split(":")[-1])):
-        return v
-    raise ConfigError(path, key, f"expected one of {', '.join(OPTIMIZERS)}, FILE.py:NAME or pkg.mod:NAME (got {v!r})")
-
-
-def _lr(path: str, key: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v != v or v == float("inf"):
-        raise ConfigError(path, key, f"expected a positive number (got {v!r})")
-    return float(v)
-
-
-def _outputs(path: str, key: str, v: Any) -> list[str]:
-    items = v if isinstance(v, list) else [v]
-    if not items:
-        raise ConfigError(path, key, "expected a path, FORMAT:PATH, or a list of them (got an empty list)")
-    return [_str(path, f"{key}[{i}]" if isinstance(v, list) else key, x) for i, x in enumerate(items)]
 
 
 def _ignores(p: str, key: str, value: Any) -> list[Any]:
@@ -226,23 +108,23 @@ def _ignores(p: str, key: str, value: Any) -> list[Any]:
     for i, item in enumerate(value):
         k = f"{key}[{i}]"
         if not isinstance(item, dict):
-            raise ConfigError(p, k, f"expected a mapping with rule and/or layer, and reason (got {_show(item)})")
+            raise ConfigError(p, k, f"expected a mapping with rule and/or layer, and reason (got {V.show(item)})")
         for name in item:
             if name not in allowed:
-                raise ConfigError(p, f"{k}.{name}", "unknown key", hint=_suggest(str(name), allowed))
+                raise ConfigError(p, f"{k}.{name}", "unknown key", hint=V.suggest(str(name), allowed))
         if "reason" not in item:
             raise ConfigError(p, f"{k}.reason", "missing: every ignore needs a reason",
                               hint="say why the finding is acceptable, e.g. reason: 'frozen encoder'")
-        reason = _str(p, f"{k}.reason", item["reason"])
+        reason = V.string(p, f"{k}.reason", item["reason"])
         rule_id = None
         if "rule" in item:
             r = get_rule(str(item["rule"]))
             if r is None:
-                raise ConfigError(p, f"{k}.rule", f"unknown rule {_show(item['rule'])}",
-                                  hint=_suggest(str(item["rule"]), [x.id for x in RULES]))
+                raise ConfigError(p, f"{k}.rule", f"unknown rule {V.show(item['rule'])}",
+                                  hint=V.suggest(str(item["rule"]), [x.id for x in RULES]))
             rule_id = r.id
-        layer = _str(p, f"{k}.layer", item["layer"]) if "layer" in item else None
-        model = _str(p, f"{k}.model", item["model"]) if "model" in item else None
+        layer = V.string(p, f"{k}.layer", item["layer"]) if "layer" in item else None
+        model = V.string(p, f"{k}.model", item["model"]) if "model" in item else None
         if rule_id is None and layer is None:
             raise ConfigError(p, k, "an ignore needs a rule, a layer, or both")
         out.append(Ignore(reason=reason, rule=rule_id, layer=layer, model=model))
@@ -258,17 +140,17 @@ def _models(p: str, value: Any, rules: Any, get_rule: Any) -> list[dict[str, Any
         if isinstance(item, str):
             item = {"model": item}
         if not isinstance(item, dict):
-            raise ConfigError(p, k, f"expected a model spec or a mapping with `model` (got {_show(item)})")
+            raise ConfigError(p, k, f"expected a model spec or a mapping with `model` (got {V.show(item)})")
         if "model" not in item:
             raise ConfigError(p, f"{k}.model", "missing: each entry needs model: path/to/file.py:NAME")
         entry: dict[str, Any] = {}
         for name, v in item.items():
             if name not in MODEL_KEYS:
                 hint = ("set it once at the top level: it applies to the whole run" if name in TOP_KEYS
-                        else _suggest(str(name), list(MODEL_KEYS)))
+                        else V.suggest(str(name), list(MODEL_KEYS)))
                 raise ConfigError(p, f"{k}.{name}", "not allowed in a model entry", hint=hint)
             if name == "model":
-                entry["model"] = _str(p, f"{k}.model", v)
+                entry["model"] = V.string(p, f"{k}.model", v)
             elif name == "rules":
                 entry["rules"] = _rules(p, v, rules, get_rule, prefix=f"{k}.rules")
             elif name == "ignore":
@@ -279,78 +161,10 @@ def _models(p: str, value: Any, rules: Any, get_rule: Any) -> list[dict[str, Any
     return out
 
 
-# A YAML document may use aliases (&a / *a) to repeat a value; nested, a few hundred bytes expand to
-# billions of values ("billion laughs"). Configs are small: more than this many values is refused.
-MAX_YAML_VALUES = 100_000
-
-
-def _yaml_loader() -> Any:
-    import yaml
-
-    return getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader   # the C loader when libyaml is there
-
-
-def parse_yaml(text: str, p: str) -> Any:
-    """safe_load with three guards: alias expansion capped, duplicate keys refused (naming both lines),
-    and syntax errors as one line."""
-    import yaml
-
-    loader = _yaml_loader()
-    try:
-        node = yaml.compose(text, Loader=loader)
-        if node is None:
-            return None
-        _check_nodes(node, p)
-        return yaml.load(text, Loader=loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise InputError(f"{p}: YAML syntax error{where}: {_show(problem, 120)}") from None
-    except RecursionError:
-        raise InputError(f"{p}: YAML nested too deeply") from None
-
-
-def _check_nodes(root: Any, p: str) -> None:
-    """Walk the composed document as it would expand (an alias counts each time it is used): refuse
-    more than MAX_YAML_VALUES values, and mappings that give one key twice."""
-    import yaml
-
-    budget = MAX_YAML_VALUES
-    stack = [root]
-    seen_maps: set[int] = set()
-    while stack:
-        node = stack.pop()
-        budget -= 1
-        if budget < 0:
-            raise InputError(f"{p}: the YAML expands to more than {MAX_YAML_VALUES:,} values (aliases "
-                             "nested inside aliases?)", hint="write the settings out; configs are small")
-        if isinstance(node, yaml.MappingNode):
-            if id(node) not in seen_maps:
-                seen_maps.add(id(node))
-                first: dict[Any, int] = {}
-                for k, _ in node.value:
-                    if isinstance(k, yaml.ScalarNode) and k.value != "<<":
-                        line = k.start_mark.line + 1
-                        if k.value in first:
-                            raise InputError(f"{p}: key {_show(k.value)} appears twice (lines {first[k.value]} "
-                                             f"and {line}); YAML would silently keep only the second",
-                                             hint="merge the two into one")
-                        first[k.value] = line
-            for k, v in node.value:
-                stack.append(k)
-                stack.append(v)
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
-
-
 def load_config(path: Path) -> dict[str, Any]:
     """Read and validate a config file; returns {key: value} with rules as {rule_id: RuleSettings}."""
-    import yaml
-
-    from gradcheck_cli.rules import RULES, get_rule
-
     from gradcheck_cli.paths import MAX_CONFIG_BYTES, input_file, read_text, shown
+    from gradcheck_cli.rules import RULES, get_rule
 
     p = shown(path)
     input_file(path, "config", max_bytes=MAX_CONFIG_BYTES)
@@ -362,7 +176,7 @@ def load_config(path: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in doc.items():
         if key not in TOP_KEYS:
-            raise ConfigError(p, str(key), "unknown key", hint=_suggest(str(key), list(TOP_KEYS)))
+            raise ConfigError(p, str(key), "unknown key", hint=V.suggest(str(key), list(TOP_KEYS)))
         if key == "rules":
             out["rules"] = _rules(p, value, RULES, get_rule)
         elif key == "ignore":
@@ -370,7 +184,7 @@ def load_config(path: Path) -> dict[str, Any]:
         elif key == "models":
             out["models"] = _models(p, value, RULES, get_rule)
         elif key == "output":
-            out["outputs"] = _outputs(p, key, value)
+            out["outputs"] = V.outputs(p, key, value)
         else:
             out[key] = TOP_KEYS[key](p, key, value)
     return out
@@ -386,7 +200,7 @@ def _rules(p: str, value: Any, rules: Any, get_rule: Any, prefix: str = "rules")
     for rid, body in value.items():
         r = get_rule(str(rid))
         if r is None:
-            raise ConfigError(p, f"{prefix}.{rid}", "unknown rule", hint=_suggest(str(rid), ids))
+            raise ConfigError(p, f"{prefix}.{rid}", "unknown rule", hint=V.suggest(str(rid), ids))
         rs = RuleSettings()
         if body is None:
             body = {}
@@ -399,20 +213,20 @@ def _rules(p: str, value: Any, rules: Any, get_rule: Any, prefix: str = "rules")
             key = f"{prefix}.{rid}.{k}"
             if k == "enabled":
                 if not isinstance(v, bool):
-                    raise ConfigError(p, key, f"expected true or false (got {_show(v)})")
+                    raise ConfigError(p, key, f"expected true or false (got {V.show(v)})")
                 rs.enabled = v
                 rs.given.add("enabled")
             elif k == "severity":
-                rs.severity = Severity(_choice(p, key, v, tuple(s.value for s in Severity)))
+                rs.severity = Severity(V.choice(p, key, v, tuple(s.value for s in Severity)))
                 rs.given.add("severity")
             else:
                 opt = next((o for o in r.options if o.name == k), None)
                 if opt is None:
-                    raise ConfigError(p, key, "unknown option", hint=_suggest(str(k), allowed))
+                    raise ConfigError(p, key, "unknown option", hint=V.suggest(str(k), allowed))
                 try:
                     rs.options[k] = opt.coerce(v)
                 except ValueError as exc:
-                    raise ConfigError(p, key, f"{exc} (got {_show(v)})") from None
+                    raise ConfigError(p, key, f"{exc} (got {V.show(v)})") from None
         out[r.id] = rs
     return out
 
@@ -442,8 +256,8 @@ def resolve(cli: dict[str, Any], config_path: Path | None, cwd: Path | None = No
     if "lr" in s.cli_given and not (s.lr > 0 and s.lr != float("inf")):
         raise InputError(f"--lr must be a positive number (got {s.lr:g})", hint="e.g. --lr 1e-3")
     if "optimizer" in s.cli_given:
-        if not (s.optimizer in OPTIMIZERS or ":" in s.optimizer):
-            raise InputError(f"unknown --optimizer {s.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}, "
+        if not (s.optimizer in V.OPTIMIZERS or ":" in s.optimizer):
+            raise InputError(f"unknown --optimizer {s.optimizer!r}: expected one of {', '.join(V.OPTIMIZERS)}, "
                              "FILE.py:NAME or pkg.mod:NAME")
     if s.models and not cli["model"]:
         given = [f"--{k.replace('_', '-')}" for k in PER_MODEL_FLAGS if cli.get(k) is not None]

@@ -6,6 +6,7 @@ EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
 EXIT_USER_CODE = 3
+EXIT_INTERNAL = 4   # a bug in gradcheck itself
 
 
 def exc_line(exc: BaseException, limit: int = 300) -> str:

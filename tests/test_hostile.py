@@ -390,7 +390,7 @@ def test_a_huge_value_is_not_echoed_whole(work):
 
 def test_the_c_loader_is_used_when_available():
     yaml = pytest.importorskip("yaml")
-    from gradcheck_cli.config import _yaml_loader
+    from gradcheck_cli.config_yaml import _yaml_loader
 
     assert _yaml_loader() is (getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader)
 
