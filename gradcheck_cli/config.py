@@ -56,7 +56,7 @@ class Settings:
     timeout: float | None = None
     train_steps: int = 0                 # --train-steps: the training rehearsal (0: the check alone)
     optimizer: str = "adam"              # sgd | adam | adamw | FILE.py:NAME | pkg.mod:NAME
-    lr: float | None = None              # default per built-in optimizer (measure/training.DEFAULT_LR)
+    lr: float | None = None              # default per built-in optimizer (measure/optim.DEFAULT_LR)
     precision: str = "fp32"              # fp32 | bf16 | fp16
     verify_fixes: str = "off"            # --verify-fixes: off | failing | all (gradcheck_cli/verify.py)
     rules: dict[str, RuleSettings] = field(default_factory=dict)

@@ -34,6 +34,10 @@ def _check_one_with(s, suite, target: dict, verbose: bool, single: bool, progres
     target["started"] = True
     ctx = distributed.current()
     if ctx is not None:   # torchrun's SIGTERM after another rank failed: rank 0 still writes the report
+        if main_rank() and target.get("outputs"):
+            from gradcheck_cli.report import preload
+
+            preload({fmt for fmt, _ in target["outputs"]})   # the handler must not import
         distributed.on_terminated = lambda rank=ctx.rank: write_error(target, s.model, {
             "type": "user-code", "phase": phase_now(True), "where": None, "exit_code": 3,
             "message": f"rank {rank}: another rank ended during the {phase_now(True)} phase",

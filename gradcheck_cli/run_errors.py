@@ -111,6 +111,9 @@ def rank_failed(exc: BaseException, target: dict, model: str | None) -> None:
     else:
         info = internal_error_info(exc)
         line = f"internal error in gradcheck: {exc_line(exc)}"
+    # torchrun's SIGTERM (sent when it sees another rank end) must not cut this rank's report short: its
+    # handler writing the same report in the middle of this write left no report at all.
+    distributed.ending()
     if distributed.peer_lost(exc):
         info.update(message=f"rank {ctx.rank}: another rank ended during the {info['phase']} phase",
                     exit_code=3)

@@ -120,12 +120,32 @@ def start(fsdp: bool, device: str | None, timeout: float | None) -> Context:
 on_terminated: Any = None   # set by the CLI around a model's check: writes rank 0's error report
 
 
+_ending = False   # this rank is already ending by itself (fatal), writing its own report first
+
+
 def _terminated(*_: Any) -> None:
+    if _ending:
+        return   # the rank ends with exit 3 as soon as its report is written (fatal)
     try:
         if on_terminated is not None:
             on_terminated()
+    except BaseException as exc:   # noqa: BLE001 - say why there is no report, then end as planned
+        try:
+            sys.stderr.write(f"error: rank {_current.rank if _current else '?'}: the error report could not be "
+                             f"written after SIGTERM: {type(exc).__name__}: {str(exc)[:200]}\n")
+            sys.stderr.flush()
+        except BaseException:   # noqa: BLE001
+            pass
     finally:
         os._exit(3)
+
+
+def ending() -> None:
+    """This rank is about to end by itself (its report, then fatal): a SIGTERM from torchrun from here on
+    changes nothing. (Python runs a signal's handler in the main thread whatever thread the signal reached,
+    so masking the signal in this thread would not hold it back.)"""
+    global _ending
+    _ending = True
 
 
 def threading_main() -> bool:

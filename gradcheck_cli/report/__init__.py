@@ -41,7 +41,17 @@ RENDERERS: Mapping[str, Callable[..., None]] = _Renderers()
 
 assert tuple(RENDERERS) == FORMATS, "gradcheck_cli.choices.FORMATS and the renderer table disagree"
 
-__all__ = ["RENDERERS", "SUFFIXES", "render", "write_file", "write_error_file", "error_document", "parse_output"]
+__all__ = ["RENDERERS", "SUFFIXES", "preload", "render", "write_file", "write_error_file", "error_document", "parse_output"]
+
+
+def preload(formats: Iterator[str] | list[str] | set[str]) -> None:
+    """Import now what rendering these formats needs. Under torchrun rank 0 writes its error report from a
+    SIGTERM handler (distributed._terminated), which may run in the middle of an import of these very
+    modules: importing there met a partly initialised module (an ImportError, and no report)."""
+    import gradcheck_cli.report.view  # noqa: F401
+
+    for fmt in formats:
+        RENDERERS[fmt]  # noqa: B018 - imports the renderer's module
 
 
 def render(results: Report | Suite, fmt: str, out: TextIO, *, color: bool | None = None, width: int | None = None,
