@@ -226,11 +226,10 @@ class Hooks:
             # The moments (a unit's mean and spread, the layer's coherence) are estimates: MOMENT_VALUES values
             # per unit are plenty, so a layer whose units never all fire stops paying for them after that
             # (its per-unit maxima, which decide off units, are still taken on every call).
-            mom = K.unit_moments(pre, dims)
             if layer.pre_moments is None:
-                layer.pre_moments = [mom, pre.numel()]
+                layer.pre_moments = [K.unit_moments(None, pre, dims), pre.numel()]
             else:
-                layer.pre_moments[0].add_(mom)
+                K.unit_moments(layer.pre_moments[0], pre, dims)
                 layer.pre_moments[1] += pre.numel()
 
     # -- backward ---------------------------------------------------------------------------------------------
