@@ -311,21 +311,29 @@ def set_relu_units(st: S.LayerStats, maxima: list[float], moments: list[float] |
     means = [v / per_unit for v in moments[:c]]
     within = [max(q / per_unit - m * m, 0.0) for q, m in zip(moments[c:2 * c], means)]
     st.unit_samples = int(round(per_unit))
-    fired = [j for j, m in enumerate(maxima) if m > 0 and math.isfinite(m)]
-    pool = fired if len(fired) >= MIN_FIRED else list(range(c))
-    mu = sum(means[j] for j in pool) / len(pool)
-    between = sum((means[j] - mu) ** 2 for j in pool) / len(pool)
-    inside = sum(within[j] for j in pool) / len(pool)
+    # (Lists, not generators, and min/sorted before the division by the positive scale, which keeps the
+    # order: the same numbers as the plain per-unit loops, ~2x faster; it runs once per ReLU layer.)
+    isfinite = math.isfinite
+    fired = [j for j, m in enumerate(maxima) if m > 0 and isfinite(m)]
+    if len(fired) >= MIN_FIRED:
+        pool_means = [means[j] for j in fired]
+        pool_within = [within[j] for j in fired]
+    else:
+        pool_means, pool_within = means, within
+    n_pool = len(pool_means)
+    mu = sum(pool_means) / n_pool
+    between = sum([(m - mu) ** 2 for m in pool_means]) / n_pool
+    inside = sum(pool_within) / n_pool
     total = between + inside
-    if not math.isfinite(total):
+    if not isfinite(total):
         return
     st.coherence = between / total if total > 0 else None
     scale = math.sqrt(total)
     if scale > 0:
-        st.unit_margin_min = min((m / scale for m in maxima if math.isfinite(m)), default=None)
-        off_m = sorted(m / scale for m in off)
-        if off_m:
-            st.off_margin_median = off_m[len(off_m) // 2]
+        finite = [m for m in maxima if isfinite(m)]
+        st.unit_margin_min = min(finite) / scale if finite else None
+        if off:
+            st.off_margin_median = sorted(off)[len(off) // 2] / scale
     varied = st.coherence is not None and st.coherence < VARIED_COHERENCE and per_unit >= MIN_SAMPLES
     fixed = st.coherence is not None and st.coherence > INPUT_INDEPENDENT
     if varied or fixed or scale == 0:
