@@ -292,6 +292,10 @@ def _check(model, batch, loss, input_shape, steps, format, output, config, fail_
         emit(suite, settings, target["outputs"], color)
     except GradcheckError as exc:
         fail(exc, verbose)
+    if ctx is not None:   # the reports are written: a SIGTERM from torchrun now must not replace them
+        from gradcheck_cli import distributed
+
+        distributed.on_terminated = None
     raise typer.Exit(suite.exit_code)
 
 

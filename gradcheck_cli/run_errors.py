@@ -114,11 +114,14 @@ def rank_failed(exc: BaseException, target: dict, model: str | None) -> None:
     # torchrun's SIGTERM (sent when it sees another rank end) must not cut this rank's report short: its
     # handler writing the same report in the middle of this write left no report at all.
     distributed.ending()
-    if distributed.peer_lost(exc):
-        info.update(message=f"rank {ctx.rank}: another rank ended during the {info['phase']} phase",
-                    exit_code=3)
+    message = ""   # a rank that only lost its peers prints nothing
+    try:
+        if distributed.peer_lost(exc):
+            info.update(message=f"rank {ctx.rank}: another rank ended during the {info['phase']} phase",
+                        exit_code=3)
+        else:
+            info.update(message=f"rank {ctx.rank}: {info['message']}", exit_code=3)
+            message = f"error: rank {ctx.rank}: {line}"
         write_error(target, model, info)
-        distributed.fatal(exc, ctx, "", 3)
-    info.update(message=f"rank {ctx.rank}: {info['message']}", exit_code=3)
-    write_error(target, model, info)
-    distributed.fatal(exc, ctx, f"error: rank {ctx.rank}: {line}", 3)
+    finally:   # whatever writing the report raised, this rank ends now with exit 3
+        distributed.fatal(exc, ctx, message, 3)

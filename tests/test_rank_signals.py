@@ -58,3 +58,14 @@ def test_preload_imports_what_the_handler_would_need():
     """)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["True", "False"]
+
+
+def test_peer_lost_survives_an_exception_whose_str_raises():
+    """A user's exception whose __str__ raises must not break the rank's error path (its report, exit 3)."""
+    from gradcheck_cli import distributed
+
+    class Odd(Exception):
+        def __str__(self):
+            raise RuntimeError("no text")
+
+    assert distributed.peer_lost(Odd()) is False

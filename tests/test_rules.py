@@ -628,6 +628,17 @@ def test_dead_relus_shallow_layers_count_every_off_unit():
     assert f.severity is Severity.WARNING
 
 
+def test_dead_relus_collapse_depth_zero_never_counts_off_units_as_dead():
+    """collapse_depth 0: no layer is too shallow for collapse, not even a ReLU with no weight layer before it."""
+    layers = [act(0, "relu0", S.RELU, units=32, off_units=20, dead_units=0, coherence=0.9, off_margin_median=-0.4,
+                  unit_samples=24),
+              lin(1, "head", weight_rms=0.1)]
+    (f,) = DEAD.check(run(layers), {"collapse_depth": 0})
+    assert f.severity is Severity.INFO
+    (f,) = DEAD.check(run(layers))   # the default (3): a first layer counts every off unit as dead
+    assert f.severity is Severity.WARNING
+
+
 def test_dead_relus_tiny_layers_count_only_far_below_zero():
     """Squeeze-excite bottlenecks of 4 units: off near zero is nothing; far below zero (a bias of -20) is dead."""
     assert DEAD.check(deep_relu_stats(off=3, dead=3, units=4, margin=-0.9)) == []

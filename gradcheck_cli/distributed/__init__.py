@@ -190,7 +190,10 @@ def peer_lost(exc: BaseException | None) -> bool:
         seen.add(id(exc))
         if type(exc).__name__ in ("DistError", "DistBackendError", "DistNetworkError", "DistStoreError"):
             return True
-        text = str(exc).lower()
+        try:
+            text = str(exc).lower()
+        except Exception:   # noqa: BLE001 - a user exception whose __str__ raises
+            text = ""
         if ("gloo" in text or "nccl" in text or "c10d" in text) and any(k in text for k in _PEER_LOST):
             return True
         exc = getattr(exc, "original", None) or exc.__cause__ or exc.__context__

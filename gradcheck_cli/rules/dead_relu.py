@@ -158,6 +158,8 @@ def _dead_units(stats: RunStats, layer: Any, opts: dict[str, Any]) -> int | None
 def _shallower_than(stats: RunStats, layer: Any, depth: int) -> bool:
     """Whether fewer than `depth` weight layers come before `layer` (it stops counting at `depth`: asked for
     every ReLU layer, a full count made the rule quadratic in depth)."""
+    if depth <= 0:
+        return False
     n = 0
     for l in stats.layers:
         if l.index < layer.index and l.role == S.PARAM and any(t in l.type for t in WEIGHT_TYPES):
