@@ -59,30 +59,29 @@ def _tensors(obj: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(o)
 
 
-def _clone(obj: Any) -> Any:
+def map_tensors(obj: Any, fn: Any) -> Any:
+    """`obj` with every tensor in it (through tuples, lists and dict values) replaced by fn(tensor)."""
     if isinstance(obj, torch.Tensor):
-        return obj.clone()
+        return fn(obj)
     if isinstance(obj, tuple):
-        return tuple(_clone(o) for o in obj)
+        return tuple(map_tensors(o, fn) for o in obj)
     if isinstance(obj, list):
-        return [_clone(o) for o in obj]
+        return [map_tensors(o, fn) for o in obj]
     if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
     return obj
+
+
+def _clone(obj: Any) -> Any:
+    return map_tensors(obj, torch.Tensor.clone)
 
 
 def _to(obj: Any, device: torch.device, float_dtype: torch.dtype | None) -> Any:
-    if isinstance(obj, torch.Tensor):
-        if float_dtype is not None and obj.is_floating_point() and obj.dtype != float_dtype:
-            obj = obj.to(float_dtype)
-        return obj.to(device)
-    if isinstance(obj, tuple):
-        return tuple(_to(o, device, float_dtype) for o in obj)
-    if isinstance(obj, list):
-        return [_to(o, device, float_dtype) for o in obj]
-    if isinstance(obj, dict):
-        return {k: _to(v, device, float_dtype) for k, v in obj.items()}
-    return obj
+    def move(t: torch.Tensor) -> torch.Tensor:
+        if float_dtype is not None and t.is_floating_point() and t.dtype != float_dtype:
+            t = t.to(float_dtype)
+        return t.to(device)
+    return map_tensors(obj, move)
 
 
 def _from_numpy(obj: Any) -> Any:

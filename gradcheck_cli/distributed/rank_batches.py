@@ -50,7 +50,7 @@ class RankBatches:
         import torch
         import torch.distributed as dist
 
-        from gradcheck_cli.batches import Batch
+        from gradcheck_cli.batches import Batch, map_tensors
 
         batch = self.source.get(step, device)
         first = next(batch.tensors(), None)
@@ -78,15 +78,7 @@ class RankBatches:
         self.global_size = b
 
         def cut(obj: Any) -> Any:
-            if isinstance(obj, torch.Tensor):
-                return obj[lo:hi] if obj.dim() >= 1 and obj.shape[0] == b else obj
-            if isinstance(obj, tuple):
-                return tuple(cut(o) for o in obj)
-            if isinstance(obj, list):
-                return [cut(o) for o in obj]
-            if isinstance(obj, dict):
-                return {k: cut(v) for k, v in obj.items()}
-            return obj
+            return map_tensors(obj, lambda t: t[lo:hi] if t.dim() >= 1 and t.shape[0] == b else t)
 
         part = Batch(args=cut(batch.args), kwargs=cut(batch.kwargs), target=cut(batch.target),
                      token_input=batch.token_input)
